@@ -1,0 +1,123 @@
+"""The base model: a classifier that knows the object but leans on the background.
+
+On the world it is trained in phases, e.g. a short phase on unbiased images (``pretrain``: any
+background) and then a longer one on the biased ``train`` split, which stands in for "a
+pretrained model that picked up a dataset bias". With no phases it is the (pretrained) model as
+built, the route for real data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipeline.config import BaseConfig
+from pipeline.datasets import ArraySplit, load_split
+from pipeline.manifest import classes_of, read_manifest
+from pipeline.models import create_model, preprocessing_of
+from pipeline.training import (
+    Normalizer,
+    accuracy,
+    augment,
+    autocast,
+    resolve_device,
+    seed_everything,
+    shuffled_batches,
+    warmup_cosine,
+)
+
+MONITORED_SPLITS = ("val", "swapped_bg")  # accuracy per epoch, for the training curves only
+
+
+@dataclass
+class BaseOutcome:
+    model: torch.nn.Module
+    class_names: list[str]
+    preprocessing: dict[str, Any]
+    accuracy: dict[str, float]
+    curves: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def train_base(config: BaseConfig, manifest_path: str | Path, progress: bool = True) -> BaseOutcome:
+    manifest_path = Path(manifest_path)
+    table = read_manifest(manifest_path)
+    class_names = classes_of(table)
+    splits = sorted(set(table.column("split").to_pylist()))
+    for phase in config.phases:
+        if phase.split not in splits:
+            raise ValueError(f"base.phases: split '{phase.split}' is not in {manifest_path} (splits: {splits})")
+
+    generator = seed_everything(config.seed)
+    device = resolve_device(config.device)
+    cache: dict[str, ArraySplit] = {}
+
+    def split_data(name: str) -> ArraySplit:
+        if name not in cache:
+            cache[name] = load_split(manifest_path, name, table)
+        return cache[name]
+
+    image_size = split_data("test" if "test" in splits else splits[0]).images.shape[1]
+    model = create_model(config, len(class_names), image_size=image_size).to(device)
+    preprocessing = preprocessing_of(model, image_size)
+    normalizer = Normalizer(preprocessing["mean"], preprocessing["std"]).to(device)
+
+    steps_per_phase = [math.ceil(len(split_data(p.split)) / config.batch_size) * p.epochs for p in config.phases]
+    total_steps = sum(steps_per_phase)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps, config.warmup_steps))
+    monitored = [name for name in MONITORED_SPLITS if name in splits]
+    curves: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    epoch_number = 0
+    with tqdm(total=total_steps, desc="base", unit="step", disable=not progress) as bar:
+        for phase in config.phases:
+            data = split_data(phase.split)
+            images = torch.from_numpy(data.images)
+            labels = torch.from_numpy(data.labels)
+            for _ in range(phase.epochs):
+                model.train()
+                losses, correct = [], 0
+                for batch in shuffled_batches(len(data), config.batch_size, generator):
+                    x = normalizer(images[batch].to(device))
+                    if config.augment:
+                        x = augment(x, generator)
+                    y = labels[batch].to(device)
+                    with autocast(device):
+                        logits = model(x)
+                        loss = F.cross_entropy(logits.float(), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    losses.append(loss.item())
+                    correct += int((logits.argmax(1) == y).sum())
+                    bar.update(1)
+                    bar.set_postfix(phase=phase.split, loss=f"{losses[-1]:.3f}")
+                epoch_number += 1
+                row: dict[str, Any] = {
+                    "epoch": epoch_number,
+                    "phase": phase.split,
+                    "loss": float(np.mean(losses)),
+                    "train_accuracy": correct / len(data),
+                }
+                for name in monitored:
+                    row[f"{name}_accuracy"] = accuracy(model, normalizer, split_data(name), device, config.eval_batch_size)
+                curves.append(row)
+    train_seconds = time.perf_counter() - started
+
+    trained_on = {phase.split for phase in config.phases}
+    evaluated = {
+        name: accuracy(model, normalizer, split_data(name), device, config.eval_batch_size)
+        for name in tqdm(splits, desc="base/evaluate", disable=not progress)
+        if name not in trained_on
+    }
+    return BaseOutcome(model.cpu(), class_names, preprocessing, evaluated, curves, train_seconds)

@@ -1,0 +1,99 @@
+"""Shared training utilities: devices, seeding, batching, augmentation, evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.datasets import ArraySplit
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator for shuffling and augmentation."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA; plain float32 on CPU (CPU bf16 is slow and changes results)."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Normalizer(torch.nn.Module):
+    """uint8 NHWC images -> normalised float NCHW tensors, with the model's mean and std."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        return (x - self.mean) / self.std
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, max_shift: int = 3) -> torch.Tensor:
+    """Random horizontal flip and translation (reflect-padded crop) of NCHW float images."""
+    n, _, h, w = images.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    images = torch.where(flip.view(n, 1, 1, 1).to(images.device), images.flip(-1), images)
+    padded = F.pad(images, (max_shift,) * 4, mode="reflect")
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator).to(images.device)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator).to(images.device)
+    rows = (dy.view(n, 1) + torch.arange(h, device=images.device)).view(n, 1, h, 1)
+    cols = (dx.view(n, 1) + torch.arange(w, device=images.device)).view(n, 1, 1, w)
+    batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
+    channels = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
+    return padded[batch, channels, rows, cols]
+
+
+def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    order = torch.randperm(count, generator=generator)
+    for start in range(0, count, batch_size):
+        yield order[start : start + batch_size]
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, normalizer: Normalizer, data: ArraySplit, device: torch.device, batch_size: int) -> np.ndarray:
+    """Predicted class index for every image of ``data``."""
+    model.eval()
+    predictions = []
+    for start in range(0, len(data), batch_size):
+        batch = torch.from_numpy(data.images[start : start + batch_size]).to(device)
+        with autocast(device):
+            logits = model(normalizer(batch))
+        predictions.append(logits.argmax(dim=1).cpu().numpy())
+    return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
+
+
+def accuracy(model: torch.nn.Module, normalizer: Normalizer, data: ArraySplit, device: torch.device, batch_size: int) -> float:
+    return float(np.mean(predict(model, normalizer, data, device, batch_size) == data.labels))

@@ -1,0 +1,1 @@
+"""Thin typer commands, one per pipeline stage: parse, call ``pipeline``, write artifacts."""

@@ -1,0 +1,21 @@
+"""The `cft` command: one subcommand per pipeline stage."""
+
+from __future__ import annotations
+
+import typer
+
+from stages.base import base
+from stages.prepare import prepare
+
+app = typer.Typer(
+    name="cft",
+    help="Concept-Guided Fine-Tuning pipeline. Each subcommand is one DVC stage; see dvc.yaml.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command(name="prepare")(prepare)
+app.command(name="base")(base)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,68 @@
+"""The DVC pipeline end to end on a small world, in a copy of the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_SPLITS
+from tests.test_stages import TINY_BASE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in listed:
+        if (REPO / name).is_file() and not name.startswith(("data/", "models/", "metrics/", "plots/")) and name != "dvc.lock":
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["world"]["split_sizes"] = TINY_SPLITS
+    params["base"] = {**params["base"], **TINY_BASE}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    run(["git", "init", "-q"], root)
+    return root
+
+
+def test_repro_runs_every_stage(project: Path) -> None:
+    output = run(["dvc", "repro"], project)
+    assert "Running stage 'prepare'" in output and "Running stage 'base'" in output
+    metrics = json.loads((project / "metrics" / "base.json").read_text())
+    assert "swapped_bg" in metrics["accuracy"]
+    assert (project / "models" / "base" / "model.safetensors").is_file()
+    assert (project / "dvc.lock").is_file()
+
+
+def test_second_repro_is_a_no_op(project: Path) -> None:
+    before = (project / "models" / "base" / "model.safetensors").stat().st_mtime_ns
+    output = run(["dvc", "repro"], project)
+    assert "Running stage" not in output
+    assert (project / "models" / "base" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_base_param_change_reruns_only_base(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["base"]["lr"] = params["base"]["lr"] / 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    output = run(["dvc", "repro"], project)
+    assert "Running stage 'base'" in output
+    assert "Running stage 'prepare'" not in output
