@@ -18,7 +18,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_repository_params_are_valid() -> None:
     data = load_section(REPO / "params.yaml", "data", PrepareConfig)
     base = load_section(REPO / "params.yaml", "base", BaseConfig)
-    assert data.source == "world" and data.world.spurious_p == 0.95
+    assert data.source == "world" and data.world.spurious_p == 0.98
     assert [phase.split for phase in base.phases] == ["pretrain", "train"]
 
 

@@ -1,0 +1,1 @@
+"""The built-in spurious-correlation world: classes of parts, rendering, splits, the dataset artifact."""
