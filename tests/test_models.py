@@ -61,3 +61,24 @@ def test_corrupt_artifact_is_reported(tmp_path: Path) -> None:
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(ModelError, match="model.json: not valid JSON"):
         load_model_artifact(tmp_path)
+
+
+def test_checkpoint_with_other_head_keeps_backbone(tmp_path: Path) -> None:
+    """Like a 1000-class hub checkpoint used for a 5-class dataset: backbone loaded, new head."""
+    torch.manual_seed(2)
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=7, **SMALL_VIT)
+    path = tmp_path / "seven.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    config = BaseConfig(model="vit_tiny_patch16_224", model_kwargs=SMALL_VIT, pretrained=True, checkpoint=str(path))
+    model = create_model(config, num_classes=5)
+    assert model.head.weight.shape == (5, 32)
+    torch.testing.assert_close(model.patch_embed.proj.weight, source.patch_embed.proj.weight, rtol=0, atol=0)
+    torch.testing.assert_close(model.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight, rtol=0, atol=0)
+
+
+def test_unreadable_checkpoint_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.safetensors"
+    path.write_bytes(b"\x00" * 64)
+    config = BaseConfig(model="vit_tiny_patch16_224", model_kwargs=SMALL_VIT, pretrained=True, checkpoint=str(path))
+    with pytest.raises(ModelError, match="garbage.safetensors: not a readable weights file"):
+        create_model(config, num_classes=5)

@@ -140,7 +140,7 @@ def render_sample(config: WorldConfig, classes: tuple[ObjectClass, ...], split: 
         pose = _scene_pose(size, rng)
     else:
         pose = _in_distribution_pose(size, rng)
-    labels_hi = part_label_map(obj, pose, xs * 1.0, ys * 1.0)
+    labels_hi = part_label_map(obj, pose, xs, ys)
     colors = part_colors(obj, rng, config.hue_jitter)
 
     rendering = "photo"
