@@ -1,0 +1,1 @@
+"""Relevance maps (AttnLRP) that can be used inside a training loss."""

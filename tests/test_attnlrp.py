@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from pipeline.relevance.attnlrp import UnsupportedModelError, attnlrp, attnlrp_rules
+from tests.lrp_reference import explicit_attnlrp
+
+VARIANTS = {
+    "vit": {},
+    "deit3_layerscale": {"init_values": 0.3},
+    "dinov2_registers": {"reg_tokens": 2, "no_embed_class": True, "init_values": 0.3},
+    "avg_pool_fc_norm": {"global_pool": "avg", "fc_norm": True, "class_token": False},
+}
+
+
+def tiny_vit(seed: int = 0, **kwargs: object) -> nn.Module:
+    torch.manual_seed(seed)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=16, patch_size=4,
+        embed_dim=16, depth=2, num_heads=2, qkv_bias=True, **kwargs,
+    ).double().eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            # Non-trivial biases, LayerNorm affines, cls/pos/register tokens.
+            parameter.add_(torch.randn_like(parameter) * (0.3 if parameter.ndim == 1 or "token" in name or "pos" in name else 0.05))
+    return model
+
+
+def images(seed: int = 1, count: int = 3) -> torch.Tensor:
+    return torch.randn(count, 3, 16, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_matches_explicit_layer_by_layer_lrp(variant: str) -> None:
+    model = tiny_vit(**VARIANTS[variant])
+    x, target = images(), torch.tensor([0, 3, 4])
+    ours = attnlrp(model, x, target).pixels
+    reference = explicit_attnlrp(model, x, target)
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-9 * reference.abs().max().item())
+
+
+def zero_bias_model() -> nn.Module:
+    model = tiny_vit(global_pool="avg", fc_norm=True, class_token=False, pos_embed="none")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.zero_()
+    return model
+
+
+def test_exact_conservation_without_attention() -> None:
+    """Linear, LayerNorm, GELU, residual and pooling rules conserve relevance exactly with zero biases.
+
+    The attention branch is switched off (zero output projection): through attention AttnLRP is
+    conservative only up to the softmax rule's Taylor bias term (next test).
+    """
+    model = zero_bias_model()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.proj.weight.zero_()
+    x, target = images(), torch.tensor([1, 2, 0])
+    relevance = attnlrp(model, x, target)
+    logits = model(x).gather(1, target[:, None])[:, 0]
+    torch.testing.assert_close(relevance.pixels.sum((1, 2)), logits, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(relevance.tokens.sum((1, 2)), logits, rtol=1e-9, atol=1e-12)
+
+
+def test_approximate_conservation_with_attention() -> None:
+    model = zero_bias_model()
+    x, target = images(count=8), torch.arange(8) % 5
+    total = attnlrp(model, x, target).pixels.sum((1, 2))
+    logits = model(x).gather(1, target[:, None])[:, 0]
+    relative_error = ((total - logits).abs() / logits.abs()).median()
+    assert relative_error < 0.2, f"median relative conservation error {relative_error:.3f}"
+
+
+def alignment_objective(model: nn.Module, x: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    relevance = attnlrp(model, x, target, create_graph=True).upsampled()
+    return (weights * relevance).sum() + 0.5 * ((relevance - mask) ** 2).sum()
+
+
+PROBED = [
+    ("cls_token", (0, 0, 3)),
+    ("pos_embed", (0, 2, 5)),
+    ("patch_embed.proj.bias", (1,)),
+    ("blocks.0.attn.qkv.bias", (4,)),
+    ("blocks.0.attn.qkv.weight", (20, 3)),
+    ("blocks.1.norm1.weight", (2,)),
+    ("blocks.1.norm2.bias", (7,)),
+    ("blocks.0.mlp.fc1.bias", (9,)),
+    ("blocks.1.mlp.fc2.weight", (3, 11)),
+    ("blocks.1.ls1.gamma", (6,)),
+    ("blocks.0.norm1.bias", (1,)),
+    ("head.weight", (3, 4)),
+]
+
+
+def test_relevance_gradient_matches_finite_differences() -> None:
+    model = tiny_vit(init_values=0.3)
+    x, target = images(count=2), torch.tensor([3, 1])
+    generator = torch.Generator().manual_seed(5)
+    weights = torch.randn(2, 16, 16, generator=generator, dtype=torch.float64)
+    mask = (torch.rand(2, 16, 16, generator=generator) > 0.5).double()
+    parameters = dict(model.named_parameters())
+    loss = alignment_objective(model, x, target, weights, mask)
+    gradients = dict(zip(parameters, torch.autograd.grad(loss, list(parameters.values()), allow_unused=True), strict=True))
+    step = 1e-5  # float64 central differences: truncation ~1e-10, round-off ~1e-9 relative to the objective
+    for name, index in PROBED:
+        parameter = parameters[name]
+        original = parameter[index].item()
+        values = []
+        for shifted in (original + step, original - step):
+            with torch.no_grad():
+                parameter[index] = shifted
+            values.append(alignment_objective(model, x, target, weights, mask).item())
+        with torch.no_grad():
+            parameter[index] = original
+        numeric = (values[0] - values[1]) / (2 * step)
+        gradient = gradients[name]
+        analytic = 0.0 if gradient is None else gradient[index].item()
+        assert abs(numeric) > 1e-8, f"{name}: objective does not depend on it; pick another entry"
+        assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-8), name
+
+
+def test_model_is_untouched_outside_the_context() -> None:
+    model = tiny_vit(init_values=0.3).float()
+    x = images().float()
+    before = model(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    attnlrp(model, x, torch.tensor([0, 1, 2]))
+    with pytest.raises(RuntimeError), attnlrp_rules(model):
+        raise RuntimeError("interrupted relevance pass")
+    assert not any("forward" in vars(module) for module in model.modules())
+    assert torch.equal(model(x), before)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_relevance_logits_are_the_model_logits() -> None:
+    model = tiny_vit()
+    x = images()
+    torch.testing.assert_close(attnlrp(model, x, torch.tensor([0, 1, 2])).logits, model(x), rtol=1e-12, atol=1e-12)
+
+
+def test_unsupported_models_are_named() -> None:
+    convnet = timm.create_model("resnet18", pretrained=False, num_classes=3)
+    with pytest.raises(UnsupportedModelError, match="timm VisionTransformer models, not ResNet"):
+        attnlrp(convnet, torch.randn(1, 3, 32, 32), torch.tensor([0]))
+    swiglu = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, act_layer=nn.SiLU)
+    with pytest.raises(UnsupportedModelError, match=r"no AttnLRP rule for module 'blocks\.0\.mlp\.act' \(SiLU\)"):
+        attnlrp(swiglu, torch.randn(1, 3, 16, 16), torch.tensor([0]))
