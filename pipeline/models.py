@@ -88,7 +88,7 @@ def preprocessing_of(model: torch.nn.Module, image_size: int | None) -> dict[str
 def save_model_artifact(out_dir: str | Path, model: torch.nn.Module, config: BaseConfig, class_names: list[str], preprocessing: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     """Write ``model.safetensors`` and ``model.json`` atomically (weights first, spec last)."""
     out_dir = Path(out_dir)
-    kwargs = {key: value for key, value in config.model_kwargs.items()}
+    kwargs = dict(config.model_kwargs)
     kwargs["num_classes"] = len(class_names)
     if "img_size" not in kwargs and _is_vision_transformer_name(config.model):
         kwargs["img_size"] = preprocessing["input_size"][-1]

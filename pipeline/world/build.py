@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -66,19 +67,15 @@ def render_split(config: WorldConfig, split: str, count: int, seed: int, workers
     assignment = class_assignment(seed, split, count, num_classes)
     starts = list(range(0, count, CHUNK))
     jobs = [(config, split, start, assignment[start : start + CHUNK], seed) for start in starts]
-    with tqdm(total=count, desc=f"world/{split}", unit="img", leave=False) as bar:
+    parts: list[RenderedSplit] = []
+    with tqdm(total=count, desc=f"world/{split}", unit="img", leave=False) as bar, contextlib.ExitStack() as stack:
         if workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_render_chunk, *job) for job in jobs]
-                parts = []
-                for future in futures:
-                    parts.append(future.result())
-                    bar.update(len(parts[-1].class_index))
+            chunks = stack.enter_context(ProcessPoolExecutor(max_workers=workers)).map(_render_chunk, *zip(*jobs))
         else:
-            parts = []
-            for job in jobs:
-                parts.append(_render_chunk(*job))
-                bar.update(len(parts[-1].class_index))
+            chunks = map(_render_chunk, *zip(*jobs))
+        for chunk in chunks:
+            parts.append(chunk)
+            bar.update(len(chunk.class_index))
     return RenderedSplit(
         images=np.concatenate([p.images for p in parts]),
         part_labels=np.concatenate([p.part_labels for p in parts]),
