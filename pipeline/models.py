@@ -37,13 +37,12 @@ def create_model(config: BaseConfig, num_classes: int, image_size: int | None = 
     kwargs = dict(config.model_kwargs)
     if image_size is not None and "img_size" not in kwargs and _is_vision_transformer_name(config.model):
         kwargs["img_size"] = image_size
+    if not timm.is_model(config.model):
+        raise ModelError(f"unknown timm model {config.model!r} (base.model); see timm.list_models()")
     if config.checkpoint is not None:
         checkpoint = Path(config.checkpoint)
         if not checkpoint.is_file():
             raise ModelError(f"{checkpoint}: checkpoint file not found (base.checkpoint)")
-    if not timm.is_model(config.model):
-        raise ModelError(f"unknown timm model {config.model!r} (base.model); see timm.list_models()")
-    if config.checkpoint is not None:
         overlay: dict[str, Any] = {"file": str(checkpoint.resolve())}
         head_classes = _checkpoint_head_classes(checkpoint, config.model)
         if head_classes is not None:

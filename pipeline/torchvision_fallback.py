@@ -20,7 +20,10 @@ import sys
 import sysconfig
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 DISABLE_ENV = "CFT_TORCHVISION_FALLBACK"
 PTH_NAME = "zz_cft_torchvision_fallback.pth"  # .pth files run alphabetically: after editable finders
@@ -29,7 +32,7 @@ PTH_LINE = "import pipeline.torchvision_fallback as _cft_tv; _cft_tv.install_imp
 _fallback_library: Any = None  # keeps the torch.library registration alive
 
 
-def nms(boxes: "torch.Tensor", scores: "torch.Tensor", iou_threshold: float) -> "torch.Tensor":
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy non-maximum suppression with torchvision's semantics.
 
     Boxes are ``(x1, y1, x2, y2)``; returns indices of kept boxes sorted by decreasing score.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.atomic import atomic_directory, write_json
+from pipeline.atomic import atomic_directory
 from pipeline.config import BaseConfig, load_section
 from stages.common import PARAMS_OPTION, user_errors
 

@@ -70,9 +70,9 @@ def render_split(config: WorldConfig, split: str, count: int, seed: int, workers
     parts: list[RenderedSplit] = []
     with tqdm(total=count, desc=f"world/{split}", unit="img", leave=False) as bar, contextlib.ExitStack() as stack:
         if workers > 1 and len(jobs) > 1:
-            chunks = stack.enter_context(ProcessPoolExecutor(max_workers=workers)).map(_render_chunk, *zip(*jobs))
+            chunks = stack.enter_context(ProcessPoolExecutor(max_workers=workers)).map(_render_chunk, *zip(*jobs, strict=True))
         else:
-            chunks = map(_render_chunk, *zip(*jobs))
+            chunks = map(_render_chunk, *zip(*jobs, strict=True))
         for chunk in chunks:
             parts.append(chunk)
             bar.update(len(chunk.class_index))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.world.classes import Ellipse, ObjectClass, Polygon, Primitive
+from pipeline.world.classes import Ellipse, ObjectClass, Primitive
 
 NUM_BACKGROUND_STYLES = 10
 # Two HSV hues per background style; a style is a pattern plus its palette.
