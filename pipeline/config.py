@@ -7,7 +7,7 @@ such as ``base.learning_rte`` fails loudly instead of silently running with the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -71,12 +71,28 @@ class WorldConfig(StrictConfig):
         return self
 
 
+class SubsetConfig(StrictConfig):
+    """Which images fine-tuning sees: a seeded share of the classes ("seen"), k images each.
+
+    The other classes are "unseen": never fine-tuned on, they measure how the method transfers
+    and what plain fine-tuning forgets. A few validation images per class pick the best epoch.
+    """
+
+    split: str = Field("train", description="split the fine-tuning images are drawn from")
+    val_split: str = Field("val", description="split the validation images are drawn from")
+    seen_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of the classes fine-tuned on")
+    images_per_class: int = Field(3, ge=1, description="fine-tuning images per seen class")
+    val_images_per_class: int = Field(10, ge=1, description="validation images per class (seen and unseen)")
+    seed: int = Field(0, ge=0)
+
+
 class PrepareConfig(StrictConfig):
-    """``data`` section: where the images come from."""
+    """``data`` section: where the images come from, and the fine-tuning subset."""
 
     source: Literal["world"] = "world"
     seed: int = Field(0, ge=0)
     world: WorldConfig = Field(default_factory=WorldConfig)
+    subset: SubsetConfig = Field(default_factory=SubsetConfig)
 
 
 class TrainPhase(StrictConfig):
@@ -106,6 +122,101 @@ class BaseConfig(StrictConfig):
         if self.checkpoint is not None and not self.pretrained:
             raise ValueError("`checkpoint` is set but `pretrained` is false; set pretrained: true to load it")
         return self
+
+
+class ConceptsConfig(StrictConfig):
+    """``concepts`` section: the visual parts that identify each class."""
+
+    source: Literal["catalog"] = Field("catalog", description="catalog: a YAML file, or the dataset's own catalog")
+    catalog: str | None = Field(None, description="YAML file class -> list of concepts; null = the dataset's catalog")
+
+
+class MasksConfig(StrictConfig):
+    """``masks`` section: one mask per (fine-tuning image, concept of its class)."""
+
+    backend: Literal["annotated"] = Field("annotated", description="annotated: part masks that come with the data")
+    resolution: int | None = Field(None, ge=8, le=1024, description="mask side in pixels; null = the image size")
+
+
+class AugmentConfig(StrictConfig):
+    """Applied identically to an image and its mask."""
+
+    flip: bool = True
+    min_crop_scale: float = Field(0.7, gt=0.0, le=1.0, description="random crop: smallest side, as a share of the image side")
+
+
+class TrainSchedule(StrictConfig):
+    """``finetune.train``: shared by every fine-tuning method, so they differ only in the objective."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    lr_step_epochs: int = Field(5, ge=1, description="step decay: multiply the lr by lr_gamma every this many epochs")
+    lr_gamma: float = Field(0.5, gt=0.0, le=1.0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    select_by: Literal["val_unseen_accuracy", "val_accuracy", "last"] = Field(
+        "val_unseen_accuracy", description="which epoch's weights to keep"
+    )
+    eval_batch_size: int = Field(256, ge=1)
+    overlay_images: int = Field(8, ge=0, description="fine-tuning images shown in the relevance overlay grid")
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class RelevanceObjective(StrictConfig):
+    """Concept-guided fine-tuning: push the AttnLRP map of the true class into the masks.
+
+    ``L = w_rel·(w_bg·D(R⊙(1−M), 0) + w_fg·D(R⊙M, M)) + w_cls·CE(z/T, argmax z)`` with D = BCE
+    (CFT) or MSE (RobustViT). Unset weights take the chosen loss's reference values.
+    """
+
+    objective: Literal["relevance"]
+    masks: Literal["concepts", "object"] = Field("concepts", description="concepts: union of concept masks; object: the whole object (fg/bg baseline)")
+    loss: Literal["bce", "mse"] = "bce"
+    relevance_weight: float = Field(0.8, ge=0.0)
+    background_weight: float | None = Field(None, ge=0.0, description="null: 1.2 for bce, 2.0 for mse")
+    foreground_weight: float | None = Field(None, ge=0.0, description="null: 0.5 for bce, 0.3 for mse")
+    classification_weight: float = Field(0.2, ge=0.0)
+    temperature: float = Field(1.0, gt=0.0)
+
+    def weights(self) -> tuple[float, float]:
+        reference = {"bce": (1.2, 0.5), "mse": (2.0, 0.3)}[self.loss]
+        background = reference[0] if self.background_weight is None else self.background_weight
+        foreground = reference[1] if self.foreground_weight is None else self.foreground_weight
+        return background, foreground
+
+
+class LabelsObjective(StrictConfig):
+    """Plain fine-tuning: cross-entropy on the labels, same images and schedule."""
+
+    objective: Literal["labels"]
+
+
+MethodConfig = Annotated[RelevanceObjective | LabelsObjective, Field(discriminator="objective")]
+
+
+class FinetuneConfig(StrictConfig):
+    """One fine-tuning run: the shared schedule and one method's objective."""
+
+    method: str
+    train: TrainSchedule
+    objective: MethodConfig
+
+
+class EvaluateConfig(StrictConfig):
+    """``evaluate`` section."""
+
+    splits: list[str] | None = Field(None, description="null = every split not used for training or selection")
+    relevance: bool = Field(True, description="also measure relevance mIoU against the object masks")
+    relevance_target: Literal["predicted", "label"] = Field("predicted", description="class whose relevance is measured (predicted: the segmentation protocol)")
+    in_distribution: str = Field("test", description="split whose accuracy on unseen classes measures forgetting")
+    batch_size: int = Field(256, ge=1)
+    relevance_batch_size: int = Field(64, ge=1, description="relevance passes cost ~8 forward passes; small batches are faster on CPU")
+    relevance_images: int | None = Field(500, ge=1, description="relevance metrics on the first N images of each split; null = all")
+    overlay_split: str = Field("swapped_bg", description="split shown in the relevance overlay grid")
+    overlay_images: int = Field(8, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 Config = TypeVar("Config", bound=StrictConfig)
@@ -145,3 +256,19 @@ def load_section(path: str | Path, section: str, config_type: type[Config]) -> C
         return config_type.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_error(path, section, exc)) from None
+
+
+def load_finetune(path: str | Path, method: str) -> FinetuneConfig:
+    """``finetune.train`` plus the section ``finetune.<method>``, validated together."""
+    path = Path(path)
+    section = read_params(path).get("finetune") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: section 'finetune' must be a mapping")
+    if method in ("train", "methods") or method not in section:
+        known = [name for name, value in section.items() if isinstance(value, dict) and "objective" in value]
+        raise ConfigError(f"{path}: no fine-tuning method 'finetune.{method}'; defined: {known}")
+    try:
+        return FinetuneConfig.model_validate({"method": method, "train": section.get("train") or {}, "objective": section[method]})
+    except ValidationError as exc:
+        message = _format_error(path, "finetune", exc)
+        raise ConfigError(message.replace("finetune.objective", f"finetune.{method}")) from None

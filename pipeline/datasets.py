@@ -22,15 +22,18 @@ class ArraySplit:
         return len(self.labels)
 
 
-def _read_images(manifest_dir: Path, rows: pa.Table) -> np.ndarray:
+def read_arrays(manifest_dir: Path, rows: pa.Table, name: str = "images") -> np.ndarray:
+    """Array ``name`` (``images``, or ``part_labels`` for annotated sources) for each row, in row order."""
     sources = rows.column("source").to_numpy(zero_copy_only=False)
     indices = rows.column("source_index").to_numpy()
     images: np.ndarray | None = None
+    if rows.num_rows == 0:
+        raise StoreError(f"{manifest_dir}: no rows to read")
     for source in dict.fromkeys(sources):
         where = np.flatnonzero(sources == source)
         if (indices[where] < 0).any():
             raise StoreError(f"{manifest_dir / source}: image-file sources are not readable by the array loader")
-        array = open_array(manifest_dir / Path(source).parent, f"{Path(source).name}/images")
+        array = open_array(manifest_dir / Path(source).parent, f"{Path(source).name}/{name}")
         block = read_rows(array, indices[where])
         if images is None:
             images = np.empty((rows.num_rows, *block.shape[1:]), dtype=block.dtype)
@@ -45,7 +48,28 @@ def load_split(manifest_path: str | Path, split: str, table: pa.Table | None = N
     table = table if table is not None else read_manifest(manifest_path)
     rows = split_rows(table, split)
     return ArraySplit(
-        images=_read_images(manifest_path.parent, rows),
+        images=read_arrays(manifest_path.parent, rows),
         labels=rows.column("class_index").to_numpy().astype(np.int64),
         image_ids=rows.column("image_id").to_pylist(),
+    )
+
+
+def rows_by_id(table: pa.Table, image_ids: list[str], name: str = "manifest") -> pa.Table:
+    """The manifest rows of ``image_ids``, in that order; unknown ids are an error naming them."""
+    position = {image_id: i for i, image_id in enumerate(table.column("image_id").to_pylist())}
+    missing = [image_id for image_id in image_ids if image_id not in position]
+    if missing:
+        raise StoreError(f"{name}: {len(missing)} image id(s) not in the manifest, e.g. {missing[:3]}")
+    return table.take(pa.array([position[image_id] for image_id in image_ids], type=pa.int64()))
+
+
+def load_images(manifest_path: str | Path, image_ids: list[str], table: pa.Table | None = None) -> ArraySplit:
+    """Images and labels of ``image_ids`` (any splits), in that order."""
+    manifest_path = Path(manifest_path)
+    table = table if table is not None else read_manifest(manifest_path)
+    rows = rows_by_id(table, image_ids, str(manifest_path))
+    return ArraySplit(
+        images=read_arrays(manifest_path.parent, rows),
+        labels=rows.column("class_index").to_numpy().astype(np.int64),
+        image_ids=list(image_ids),
     )

@@ -91,8 +91,6 @@ def save_model_artifact(out_dir: str | Path, model: torch.nn.Module, config: Bas
     kwargs["num_classes"] = len(class_names)
     if "img_size" not in kwargs and _is_vision_transformer_name(config.model):
         kwargs["img_size"] = preprocessing["input_size"][-1]
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    write_with(out_dir / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp)))
     spec = {
         "format_version": FORMAT_VERSION,
         "timm_name": config.model,
@@ -101,6 +99,14 @@ def save_model_artifact(out_dir: str | Path, model: torch.nn.Module, config: Bas
         "preprocessing": preprocessing,
         **(extra or {}),
     }
+    write_model_artifact(out_dir, model, spec)
+
+
+def write_model_artifact(out_dir: str | Path, model: torch.nn.Module, spec: dict[str, Any]) -> None:
+    """Weights first, spec last: a directory with a spec always has its matching weights."""
+    out_dir = Path(out_dir)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    write_with(out_dir / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp)))
     write_json(out_dir / SPEC_NAME, spec)
 
 

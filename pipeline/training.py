@@ -97,3 +97,25 @@ def predict(model: torch.nn.Module, normalizer: Normalizer, data: ArraySplit, de
 
 def accuracy(model: torch.nn.Module, normalizer: Normalizer, data: ArraySplit, device: torch.device, batch_size: int) -> float:
     return float(np.mean(predict(model, normalizer, data, device, batch_size) == data.labels))
+
+
+def joint_augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, flip: bool = True, min_crop_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random crop (resized back to full size) and flip for images and their masks.
+
+    ``images`` (N, C, H, W) are resampled bilinearly, ``masks`` (N, M, H, W) by nearest neighbour,
+    so a mask stays binary and still covers the same object pixels as its image.
+    """
+    n = images.shape[0]
+    scale = min_crop_scale + (1.0 - min_crop_scale) * torch.rand(n, generator=generator)
+    shift = (1.0 - scale) * (2.0 * torch.rand(2, n, generator=generator) - 1.0)
+    mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if flip else torch.ones(n)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = scale * mirror
+    theta[:, 1, 1] = scale
+    theta[:, 0, 2] = shift[0]
+    theta[:, 1, 2] = shift[1]
+    theta = theta.to(images.device, images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    warped_images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    warped_masks = F.grid_sample(masks.to(images.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return warped_images, warped_masks

@@ -89,3 +89,75 @@ def line_chart(series: dict[str, Sequence[float]], xlabel: str, title: str, path
     fig.tight_layout()
     write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
+
+
+def heatmap(image: np.ndarray, relevance: np.ndarray) -> np.ndarray:
+    """Positive relevance (normalised to its maximum) in the 'inferno' colours over a grey image."""
+    from matplotlib import colormaps
+
+    positive = np.clip(relevance, 0, None)
+    scaled = positive / positive.max() if positive.max() > 0 else positive
+    colours = (colormaps["inferno"](scaled)[..., :3] * 255).astype(np.float32)
+    grey = image.astype(np.float32).mean(axis=-1, keepdims=True)
+    return (0.35 * grey + 0.65 * colours).clip(0, 255).astype(np.uint8)
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image, darkened outside the mask."""
+    weight = np.where(mask[..., None], 1.0, 0.25)
+    return (image.astype(np.float32) * weight).astype(np.uint8)
+
+
+def overlay_grid(images: np.ndarray, panels: Sequence[tuple[str, np.ndarray]], captions: Sequence[str] | None = None, zoom: int = 4) -> Image.Image:
+    """One row per image: the image, then one tile per panel (bool arrays: masks; float: relevance)."""
+    count, height, width = images.shape[:3]
+    titles = ["image", *(title for title, _ in panels)]
+    tile_w, tile_h, label_h = width * zoom, height * zoom, 14
+    sheet = Image.new("RGB", (len(titles) * (tile_w + 4) + 90, label_h + count * (tile_h + 4) + 2), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for column, title in enumerate(titles):
+        draw.text((90 + column * (tile_w + 4) + 2, 1), title[:22], fill="black", font=font)
+    for row in range(count):
+        y = label_h + row * (tile_h + 4)
+        if captions is not None:
+            draw.text((2, y + tile_h // 2 - 6), captions[row][:14], fill="black", font=font)
+        tiles = [images[row]]
+        for _, maps in panels:
+            tiles.append(mask_overlay(images[row], maps[row]) if maps.dtype == bool else heatmap(images[row], maps[row]))
+        for column, tile in enumerate(tiles):
+            sheet.paste(Image.fromarray(tile).resize((tile_w, tile_h), Image.NEAREST), (90 + column * (tile_w + 4) + 2, y))
+    return sheet
+
+
+def grouped_bar_chart(values: dict[str, dict[str, float]], title: str, path: str | Path, ylabel: str) -> None:
+    """Bars grouped by the outer key (e.g. split), one colour per inner key (e.g. model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(values)
+    series = list(dict.fromkeys(name for inner in values.values() for name in inner))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(groups) * max(1, len(series)) / 2 + 2), 3.6), dpi=120)
+    for index, name in enumerate(series):
+        xs = [g + (index - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        bars = ax.bar(xs, [values[g].get(name, np.nan) for g in groups], width, label=name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, rotation=90, padding=2)
+    ax.set_xticks(range(len(groups)), groups, rotation=30)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncols=len(series))
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def concept_label_map(masks: np.ndarray) -> np.ndarray:
+    """(K, H, W) bool concept masks -> (H, W) uint8 labels, k + 1 for the first concept covering a pixel."""
+    labels = np.zeros(masks.shape[1:], dtype=np.uint8)
+    for slot in range(masks.shape[0] - 1, -1, -1):
+        labels[masks[slot]] = slot + 1
+    return labels

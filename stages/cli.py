@@ -5,6 +5,10 @@ from __future__ import annotations
 import typer
 
 from stages.base import base
+from stages.concepts import concepts
+from stages.evaluate import evaluate
+from stages.finetune import finetune
+from stages.masks import masks
 from stages.prepare import prepare
 
 app = typer.Typer(
@@ -16,6 +20,10 @@ app = typer.Typer(
 )
 app.command(name="prepare")(prepare)
 app.command(name="base")(base)
+app.command(name="concepts")(concepts)
+app.command(name="masks")(masks)
+app.command(name="finetune")(finetune)
+app.command(name="evaluate")(evaluate)
 
 if __name__ == "__main__":
     app()

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import TINY_SPLITS
-from tests.test_stages import TINY_BASE
+from tests.test_stages import TINY_BASE, TINY_EVALUATE, TINY_FINETUNE, TINY_SUBSET
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copy2(REPO / name, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"]["world"]["split_sizes"] = TINY_SPLITS
+    params["data"]["subset"].update(TINY_SUBSET)
     params["base"] = {**params["base"], **TINY_BASE}
+    params["finetune"]["train"].update(TINY_FINETUNE["train"])
+    params["evaluate"].update(TINY_EVALUATE)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     run(["git", "init", "-q"], root)
     return root
@@ -45,9 +48,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage(project: Path) -> None:
     output = run(["dvc", "repro"], project)
-    assert "Running stage 'prepare'" in output and "Running stage 'base'" in output
+    for stage in ("prepare", "base", "concepts", "masks", "finetune@cft", "finetune@plain", "evaluate"):
+        assert f"Running stage '{stage}'" in output
     metrics = json.loads((project / "metrics" / "base.json").read_text())
     assert "swapped_bg" in metrics["accuracy"]
+    evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert set(evaluation["summary"]) == {"base", "cft", "plain"}
     assert (project / "models" / "base" / "model.safetensors").is_file()
     assert (project / "dvc.lock").is_file()
 
@@ -66,3 +72,13 @@ def test_base_param_change_reruns_only_base(project: Path) -> None:
     output = run(["dvc", "repro"], project)
     assert "Running stage 'base'" in output
     assert "Running stage 'prepare'" not in output
+
+
+def test_cft_param_change_reruns_only_cft_and_evaluate(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["finetune"]["cft"]["foreground_weight"] = 0.25
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    output = run(["dvc", "repro"], project)
+    assert "Running stage 'finetune@cft'" in output and "Running stage 'evaluate'" in output
+    for stage in ("prepare", "base", "concepts", "masks", "finetune@plain"):
+        assert f"Running stage '{stage}'" not in output

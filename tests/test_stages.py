@@ -21,8 +21,23 @@ TINY_BASE = {
 }
 
 
+TINY_SUBSET = {"images_per_class": 2, "val_images_per_class": 1}
+TINY_FINETUNE = {
+    "methods": ["cft", "plain"],
+    "train": {"epochs": 2, "batch_size": 4, "lr": 1e-4, "lr_step_epochs": 1, "overlay_images": 3, "eval_batch_size": 16},
+    "cft": {"objective": "relevance"},
+    "plain": {"objective": "labels"},
+}
+TINY_EVALUATE = {"relevance_images": 8, "overlay_images": 3}
+
+
 def tiny_params(path: Path, **base_overrides: object) -> Path:
-    params = {"data": {"seed": 0, "world": {"split_sizes": TINY_SPLITS}}, "base": {**TINY_BASE, **base_overrides}}
+    params = {
+        "data": {"seed": 0, "world": {"split_sizes": TINY_SPLITS}, "subset": TINY_SUBSET},
+        "base": {**TINY_BASE, **base_overrides},
+        "finetune": TINY_FINETUNE,
+        "evaluate": TINY_EVALUATE,
+    }
     path.write_text(yaml.safe_dump(params))
     return path
 
@@ -30,7 +45,7 @@ def tiny_params(path: Path, **base_overrides: object) -> Path:
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["prepare"], ["base"]])
+@pytest.mark.parametrize("command", [[], ["prepare"], ["base"], ["concepts"], ["masks"], ["finetune"], ["evaluate"]])
 def test_help(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
@@ -55,7 +70,7 @@ def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
 def test_prepare_then_base(tmp_path: Path) -> None:
     params = tiny_params(tmp_path / "params.yaml")
     data, model_dir = tmp_path / "data", tmp_path / "model"
-    result = runner.invoke(app, ["prepare", "--params", str(params), "--out", str(data), "--metrics", str(tmp_path / "prepare.json")])
+    result = runner.invoke(app, ["prepare", "--params", str(params), "--out", str(data), "--subset", str(tmp_path / "subset"), "--metrics", str(tmp_path / "prepare.json")])
     assert result.exit_code == 0, result.output
     assert read_manifest(data / "manifest.parquet").num_rows == sum(TINY_SPLITS.values())
     result = runner.invoke(app, [
@@ -79,3 +94,48 @@ def test_base_rejects_a_phase_on_a_missing_split(tmp_path: Path, tiny_world: Pat
     result = runner.invoke(app, ["base", "--params", str(params), "--data", str(tiny_world), "--out", str(tmp_path / "m")])
     assert result.exit_code == 2
     assert "split 'imagenet' is not in" in result.output
+
+
+def test_whole_method_through_the_cli(tmp_path: Path) -> None:
+    """prepare -> base -> concepts -> masks -> finetune (cft, plain) -> evaluate, on a tiny world."""
+    params = tiny_params(tmp_path / "params.yaml")
+    common = ["--params", str(params)]
+
+    def invoke(*args: str) -> str:
+        result = runner.invoke(app, [*args, *common])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    invoke("prepare", "--out", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"), "--metrics", str(tmp_path / "m/prepare.json"))
+    invoke("base", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "models/base"), "--metrics", str(tmp_path / "m/base.json"), "--plots", str(tmp_path / "p/base"))
+    invoke("concepts", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "concepts"))
+    output = invoke("masks", "--data", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"), "--concepts", str(tmp_path / "concepts"), "--out", str(tmp_path / "masks"), "--sheet", str(tmp_path / "p/masks.png"))
+    assert "ok " in output and (tmp_path / "p/masks.png").stat().st_size > 0
+    for method in ("cft", "plain"):
+        output = invoke(
+            "finetune", method, "--base", str(tmp_path / "models/base"), "--data", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"),
+            "--masks", str(tmp_path / "masks"), "--out", str(tmp_path / f"models/finetune/{method}"), "--checkpoints", str(tmp_path / f"ckpt/{method}"),
+            "--metrics", str(tmp_path / f"m/{method}.json"), "--plots", str(tmp_path / f"p/{method}"),
+        )
+        assert "background share of relevance" in output
+        curves = (tmp_path / f"p/{method}/curves.csv").read_text().splitlines()
+        assert len(curves) == 1 + 3  # header, the base model (epoch 0), two epochs
+        _, spec = load_model_artifact(tmp_path / f"models/finetune/{method}")
+        assert spec["finetune"]["method"] == method and len(spec["finetune"]["seen_classes"]) == 5
+    assert (tmp_path / "p/cft/relevance.png").stat().st_size > 0
+    invoke("evaluate", "--base", str(tmp_path / "models/base"), "--finetuned", str(tmp_path / "models/finetune"), "--data", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"), "--metrics", str(tmp_path / "m/evaluate.json"), "--plots", str(tmp_path / "p/evaluate"))
+    metrics = json.loads((tmp_path / "m/evaluate.json").read_text())
+    assert set(metrics["summary"]) == {"base", "cft", "plain"}
+    assert metrics["summary"]["base"]["forgetting_unseen"] == 0.0
+    test = metrics["splits"]["cft"]["test"]
+    assert {"accuracy", "accuracy_seen", "accuracy_unseen", "miou", "miou_seen", "miou_unseen", "background_share"} <= set(test)
+    assert set(metrics["splits"]["base"]) == set(TINY_SPLITS) - {"pretrain", "train", "val"}
+    for name in ("accuracy.png", "miou.png", "relevance.png", "metrics.csv"):
+        assert (tmp_path / "p/evaluate" / name).stat().st_size > 0
+
+
+def test_finetune_names_an_unknown_method(tmp_path: Path) -> None:
+    params = tiny_params(tmp_path / "params.yaml")
+    result = runner.invoke(app, ["finetune", "robust", "--params", str(params), "--out", "o", "--checkpoints", "c", "--metrics", "m.json", "--plots", "p"])
+    assert result.exit_code == 2
+    assert "no fine-tuning method 'finetune.robust'; defined: ['cft', 'plain']" in result.output

@@ -1,0 +1,233 @@
+"""Fine-tuning the base model on the subset: concept-guided (relevance) or plain (labels).
+
+Both methods share the schedule (``finetune.train``): same images, augmentation, optimiser
+(AdamW), step decay and epoch selection, so they differ only in the objective. After every epoch
+the full training state is checkpointed; a rerun with the same inputs resumes from it and ends
+with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipeline.array_store import StoreError
+from pipeline.checkpoint import fingerprint, load_state, save_state
+from pipeline.config import FinetuneConfig, RelevanceObjective
+from pipeline.datasets import ArraySplit, load_images, read_arrays, rows_by_id
+from pipeline.manifest import read_manifest
+from pipeline.mask_store import MaskStore
+from pipeline.masks_annotated import resize_masks
+from pipeline.models import load_model_artifact
+from pipeline.objective import background_share, normalise_relevance, relevance_loss
+from pipeline.relevance.attnlrp import attnlrp
+from pipeline.subset import read_subset, subset_ids
+from pipeline.training import Normalizer, autocast, joint_augment, predict, resolve_device, seed_everything, shuffled_batches
+
+
+@dataclass
+class FinetuneInputs:
+    base_model: Path
+    dataset: Path  # the prepared dataset directory (manifest.parquet)
+    subset: Path  # subset.parquet
+    masks: Path | None  # mask store directory; needed by relevance objectives with concept masks
+
+
+@dataclass
+class FinetuneOutcome:
+    model: torch.nn.Module
+    spec: dict[str, Any]
+    curves: list[dict[str, Any]]
+    best_epoch: int
+    overlay: dict[str, np.ndarray]  # images, masks, relevance before and after, for the picture
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _training_masks(config: FinetuneConfig, inputs: FinetuneInputs, data: ArraySplit, manifest: Any) -> np.ndarray:
+    """(N, H, W) bool at image size: the masks relevance is pulled into (all-ones for plain runs)."""
+    size = data.images.shape[1:3]
+    objective = config.objective
+    if not isinstance(objective, RelevanceObjective):
+        return np.ones((len(data), *size), dtype=bool)
+    if objective.masks == "object":
+        rows = rows_by_id(manifest, data.image_ids)
+        return read_arrays(inputs.dataset, rows, "part_labels") > 0
+    if inputs.masks is None:
+        raise ValueError(f"finetune.{config.method}: concept masks are needed; pass the mask store (--masks)")
+    return resize_masks(MaskStore(inputs.masks).union(data.image_ids), size)
+
+
+def _object_masks(inputs: FinetuneInputs, data: ArraySplit, manifest: Any) -> np.ndarray | None:
+    """Whole-object masks when the dataset is part-annotated (the world), for monitoring only."""
+    try:
+        return read_arrays(inputs.dataset, rows_by_id(manifest, data.image_ids), "part_labels") > 0
+    except StoreError:
+        return None
+
+
+def relevance_maps(model: torch.nn.Module, normalizer: Normalizer, images: np.ndarray, targets: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+    """AttnLRP maps (N, H, W) at image size for ``targets``, without gradients to parameters."""
+    model.eval()
+    maps = []
+    for start in range(0, len(images), batch_size):
+        x = normalizer(torch.from_numpy(images[start : start + batch_size]).to(device))
+        y = torch.from_numpy(targets[start : start + batch_size]).to(device)
+        with autocast(device):
+            relevance = attnlrp(model, x, y)
+        maps.append(relevance.upsampled().float().detach().cpu().numpy())
+    return np.concatenate(maps)
+
+
+def _accuracy(model: torch.nn.Module, normalizer: Normalizer, data: ArraySplit, device: torch.device, batch_size: int) -> float:
+    return float(np.mean(predict(model, normalizer, data, device, batch_size) == data.labels)) if len(data) else math.nan
+
+
+def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str | Path, progress: bool = True) -> FinetuneOutcome:
+    train = config.train
+    device = resolve_device(train.device)
+    manifest_path = inputs.dataset / "manifest.parquet"
+    manifest = read_manifest(manifest_path)
+    subset, subset_info = read_subset(inputs.subset)
+    data = load_images(manifest_path, subset_ids(subset, "finetune"), manifest)
+    val_unseen = load_images(manifest_path, subset_ids(subset, "val", seen=False), manifest)
+    val_seen = load_images(manifest_path, subset_ids(subset, "val", seen=True), manifest)
+    masks = _training_masks(config, inputs, data, manifest)
+
+    model, spec = load_model_artifact(inputs.base_model)
+    if spec["class_names"] != subset_info["classes"]:
+        raise ValueError(f"{inputs.base_model}: the model's classes {spec['class_names']} differ from the dataset's {subset_info['classes']}")
+    model = model.to(device)
+    normalizer = Normalizer(spec["preprocessing"]["mean"], spec["preprocessing"]["std"]).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=train.lr_step_epochs, gamma=train.lr_gamma)
+    generator = seed_everything(train.seed)
+
+    shown = min(train.overlay_images, len(data))
+    overlay = {"images": data.images[:shown], "masks": masks[:shown]}
+    overlay["before"] = relevance_maps(model, normalizer, data.images[:shown], data.labels[:shown], device, train.eval_batch_size) if shown else np.zeros((0,))
+    mask_tensor = torch.from_numpy(masks)
+    object_masks = _object_masks(inputs, data, manifest)
+    monitor_masks = torch.from_numpy(object_masks if object_masks is not None else masks)
+
+    run_fingerprint = fingerprint(
+        {"config": config.model_dump(), "torch": torch.__version__, "device": device.type},
+        [p for p in (inputs.base_model, inputs.subset, inputs.masks, manifest_path) if p is not None],
+    )
+    state = load_state(checkpoint_dir, run_fingerprint)
+    curves: list[dict[str, Any]] = []
+    best = {"epoch": 0, "score": -math.inf, "weights": None}
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        curves, best, start_epoch = state["curves"], state["best"], state["epoch"]
+        if progress:
+            tqdm.write(f"finetune/{config.method}: resuming after epoch {start_epoch} from {checkpoint_dir}")
+
+    def monitor() -> dict[str, float]:
+        """How far the relevance has moved (fine-tuning images, un-augmented; share outside the object
+        when the data has object masks, else outside the training masks) and what is kept."""
+        maps = relevance_maps(model, normalizer, data.images, data.labels, device, train.eval_batch_size)
+        return {
+            "train_background_share": float(background_share(torch.from_numpy(maps), monitor_masks).mean()),
+            "val_unseen_accuracy": _accuracy(model, normalizer, val_unseen, device, train.eval_batch_size),
+            "val_seen_accuracy": _accuracy(model, normalizer, val_seen, device, train.eval_batch_size),
+        }
+
+    if not curves:
+        curves.append({"epoch": 0, **monitor()})  # the base model, for reference; never selected
+    images = torch.from_numpy(data.images)
+    labels = torch.from_numpy(data.labels)
+    steps_per_epoch = math.ceil(len(data) / train.batch_size)
+    started = time.perf_counter()
+    with tqdm(total=steps_per_epoch * train.epochs, initial=steps_per_epoch * start_epoch, desc=f"finetune/{config.method}", unit="step", disable=not progress) as bar:
+        for epoch in range(start_epoch + 1, train.epochs + 1):
+            model.train()
+            sums: dict[str, float] = {}
+            correct = 0
+            for batch in shuffled_batches(len(data), train.batch_size, generator):
+                x = normalizer(images[batch].to(device))
+                m = mask_tensor[batch][:, None].to(device)
+                x, m = joint_augment(x, m, generator, train.augment.flip, train.augment.min_crop_scale)
+                y = labels[batch].to(device)
+                with autocast(device):
+                    if isinstance(config.objective, RelevanceObjective):
+                        relevance = attnlrp(model, x, y, create_graph=True)
+                        logits = relevance.logits
+                        loss, terms = relevance_loss(relevance.upsampled(), m[:, 0], logits, config.objective)
+                    else:
+                        logits = model(x)
+                        loss = F.cross_entropy(logits.float(), y)
+                        terms = {}
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for key, value in {"loss": loss.item(), **terms}.items():
+                    sums[key] = sums.get(key, 0.0) + value * len(batch)
+                correct += int((logits.argmax(1) == y).sum())
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            row: dict[str, Any] = {"epoch": epoch, "lr": lr, **{key: value / len(data) for key, value in sums.items()}}
+            row["train_accuracy"] = correct / len(data)
+            row.update(monitor())
+            curves.append(row)
+            score = _selection_score(train.select_by, row, val_unseen, val_seen)
+            if score >= best["score"]:  # ties go to the later epoch: as good on validation, more trained
+                best = {"epoch": epoch, "score": score, "weights": copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})}
+            save_state(
+                checkpoint_dir,
+                {
+                    "fingerprint": run_fingerprint,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                    "curves": curves,
+                    "best": best,
+                },
+            )
+    model.load_state_dict(best["weights"])
+    overlay["after"] = relevance_maps(model, normalizer, data.images[:shown], data.labels[:shown], device, train.eval_batch_size) if shown else np.zeros((0,))
+    spec = {
+        **spec,
+        "finetune": {
+            "method": config.method,
+            "objective": config.objective.model_dump(),
+            "best_epoch": best["epoch"],
+            "seen_classes": subset_info["seen_classes"],
+            "unseen_classes": subset_info["unseen_classes"],
+        },
+    }
+    summary = {
+        "method": config.method,
+        "best_epoch": best["epoch"],
+        "images": len(data),
+        "steps": steps_per_epoch * train.epochs,
+        "train_seconds_this_run": time.perf_counter() - started,
+        "selected": next(row for row in curves if row["epoch"] == best["epoch"]),
+        "base": curves[0],
+    }
+    return FinetuneOutcome(model.cpu(), spec, curves, best["epoch"], overlay, summary)
+
+
+def _selection_score(select_by: str, row: dict[str, Any], val_unseen: ArraySplit, val_seen: ArraySplit) -> float:
+    if select_by == "last":
+        return float(row["epoch"])
+    if select_by == "val_unseen_accuracy":
+        return row["val_unseen_accuracy"]
+    total = len(val_unseen) + len(val_seen)
+    return (row["val_unseen_accuracy"] * len(val_unseen) + row["val_seen_accuracy"] * len(val_seen)) / total

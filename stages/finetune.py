@@ -1,0 +1,44 @@
+"""`cft finetune`: fine-tune the base model with one method (``finetune.<method>``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pipeline.atomic import atomic_directory
+from pipeline.config import load_finetune
+from stages.common import PARAMS_OPTION, user_errors
+
+
+def finetune(
+    method: str = typer.Argument(..., help="a method section under `finetune` in params (e.g. cft, plain)"),
+    params: Path = PARAMS_OPTION,
+    base: Path = typer.Option(Path("models/base"), help="model artifact to start from"),
+    data: Path = typer.Option(Path("data/prepared"), help="dataset artifact from `cft prepare`"),
+    subset: Path = typer.Option(Path("data/subset"), help="fine-tuning subset from `cft prepare`"),
+    masks: Path | None = typer.Option(None, help="mask store from `cft masks` (relevance objectives with concept masks)"),
+    out: Path = typer.Option(..., help="fine-tuned model artifact directory (fully rewritten)"),
+    checkpoints: Path = typer.Option(..., help="resumable training state (kept between runs; dvc persist)"),
+    metrics: Path = typer.Option(..., help="summary metrics JSON"),
+    plots: Path = typer.Option(..., help="curves (CSV, PNG) and the relevance overlay grid"),
+) -> None:
+    """Fine-tune; an interrupted run resumes from its last epoch when rerun with the same inputs."""
+    with user_errors():
+        config = load_finetune(params, method)
+        from pipeline.finetune_reports import write_finetune_reports
+        from pipeline.finetuning import FinetuneInputs, finetune as run_finetune
+        from pipeline.models import write_model_artifact
+        from pipeline.subset import SUBSET_NAME
+
+        inputs = FinetuneInputs(base_model=base, dataset=data, subset=subset / SUBSET_NAME, masks=masks)
+        outcome = run_finetune(config, inputs, checkpoints)
+        with atomic_directory(out) as staging:
+            write_model_artifact(staging, outcome.model, outcome.spec)
+        write_finetune_reports(outcome, metrics, plots)
+    chosen = outcome.summary["selected"]
+    typer.echo(
+        f"finetune/{method} -> {out}: epoch {outcome.best_epoch} kept; background share of relevance "
+        f"{outcome.summary['base']['train_background_share']:.3f} -> {chosen['train_background_share']:.3f}; "
+        f"val accuracy unseen {chosen['val_unseen_accuracy']:.3f}, seen {chosen['val_seen_accuracy']:.3f}"
+    )
