@@ -1,10 +1,12 @@
 """Cost of one relevance-guided training step against one plain step (same model, batch, device).
 
-The guided step computes the exact, differentiable AttnLRP map, a loss on it plus cross-entropy,
-and back-propagates through both; the plain step is forward, cross-entropy, backward.
+The guided step is the CFT step of `cft finetune`: the exact, differentiable AttnLRP map, the CFT
+objective on it (``pipeline.objective.relevance_loss``, default weights), back-propagated through
+both; the plain step is forward, cross-entropy, backward.
 
     python benchmarks/relevance_step.py                  # world model and ViT-B/16, random weights
     python benchmarks/relevance_step.py --models world   # only the world model
+    python benchmarks/relevance_step.py --models vit_base_patch16_224 --batch 64   # another batch size
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import RelevanceObjective
+from pipeline.objective import relevance_loss
 from pipeline.relevance.attnlrp import attnlrp
 from pipeline.training import autocast, resolve_device
 
@@ -47,11 +51,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch", type=int, default=None, help="batch size for every model (default: per model)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.manual_seed(0)
     for name in args.models:
         kwargs, size, batch = MODELS[name]
+        batch = args.batch or batch
+        objective = RelevanceObjective(objective="relevance")
         model = timm.create_model(pretrained=False, **kwargs).to(device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
         images = torch.randn(batch, 3, size, size, device=device)
@@ -69,10 +76,7 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
                 relevance = attnlrp(model, images, labels, create_graph=True)
-                heat = relevance.upsampled().float().relu()
-                heat = heat / (heat.amax(dim=(1, 2), keepdim=True) + 1e-6)
-                loss = (heat * (1 - masks)).mean() + ((heat - masks) * masks).pow(2).mean()
-                loss = loss + F.cross_entropy(relevance.logits.float(), labels)
+                loss, _ = relevance_loss(relevance.upsampled(), masks, relevance.logits, objective)
             loss.backward()
             optimizer.step()
 

@@ -25,7 +25,9 @@ def fingerprint(config: dict[str, Any], inputs: list[str | Path]) -> str:
     for root in map(Path, inputs):
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         for path in files:
-            digest.update(str(path.relative_to(root) if root.is_dir() else path.name).encode())
+            name = str(path.relative_to(root) if root.is_dir() else path.name).encode()
+            # lengths first, so that no two different sets of files hash the same bytes
+            digest.update(len(name).to_bytes(8, "little") + name + path.stat().st_size.to_bytes(8, "little"))
             with path.open("rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)

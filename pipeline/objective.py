@@ -50,9 +50,12 @@ def self_label_cross_entropy(logits: torch.Tensor, temperature: float) -> torch.
 def relevance_loss(relevance: torch.Tensor, masks: torch.Tensor, logits: torch.Tensor, objective: RelevanceObjective) -> tuple[torch.Tensor, dict[str, float]]:
     """The full objective from raw relevance (B, H, W); returns the loss and its terms for logging."""
     background_weight, foreground_weight = objective.weights()
-    normalised = normalise_relevance(relevance.float())
-    background, foreground = alignment_terms(normalised, masks.float(), objective.loss)
-    classification = self_label_cross_entropy(logits.float(), objective.temperature)
+    dtype = torch.promote_types(relevance.dtype, torch.float32)  # bf16 under autocast -> float32; float64 stays
+    # BCE refuses to run under autocast; the loss is cheap, so it runs in full precision.
+    with torch.autocast(device_type=relevance.device.type, enabled=False):
+        normalised = normalise_relevance(relevance.to(dtype))
+        background, foreground = alignment_terms(normalised, masks.to(dtype), objective.loss)
+        classification = self_label_cross_entropy(logits.to(dtype), objective.temperature)
     alignment = background_weight * background + foreground_weight * foreground
     total = objective.relevance_weight * alignment + objective.classification_weight * classification
     terms = {"background": background.item(), "foreground": foreground.item(), "classification": classification.item()}

@@ -1,0 +1,90 @@
+"""The whole method over several seeds: base, plain fine-tuning and CFT, mean ± spread per split.
+
+Each seed runs prepare → base → concepts → masks → finetune (every method) → evaluate through the
+`cft` commands, in its own folder, with ``data.seed``, ``data.subset.seed``, ``base.seed`` and
+``finetune.train.seed`` all set to the seed (everything else from the params file).
+
+    python benchmarks/seeds.py --seeds 0 1 2 --work /tmp/cft-seeds    # prints a markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METRICS = ("accuracy_seen", "accuracy_unseen", "miou", "background_share")
+
+
+def run_seed(seed: int, params_file: Path, work: Path) -> dict[str, Any]:
+    root = work / f"seed{seed}"
+    metrics_file = root / "metrics" / "evaluate.json"
+    if metrics_file.is_file():
+        return json.loads(metrics_file.read_text())
+    root.mkdir(parents=True, exist_ok=True)
+    params = yaml.safe_load(params_file.read_text())
+    params["data"]["seed"] = seed
+    params["data"].setdefault("subset", {})["seed"] = seed
+    params["base"]["seed"] = seed
+    params["finetune"]["train"]["seed"] = seed
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def cft(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "stages.cli", *args, "--params", str(root / "params.yaml")], check=True, cwd=Path(__file__).resolve().parents[1])
+
+    data, subset = str(root / "data/prepared"), str(root / "data/subset")
+    cft("prepare", "--out", data, "--subset", subset, "--metrics", str(root / "metrics/prepare.json"))
+    cft("base", "--data", data, "--out", str(root / "models/base"), "--metrics", str(root / "metrics/base.json"), "--plots", str(root / "plots/base"))
+    cft("concepts", "--data", data, "--out", str(root / "data/concepts"))
+    cft("masks", "--data", data, "--subset", subset, "--concepts", str(root / "data/concepts"), "--out", str(root / "data/masks"), "--sheet", str(root / "plots/masks.png"))
+    for method in params["finetune"]["methods"]:
+        cft(
+            "finetune", method, "--base", str(root / "models/base"), "--data", data, "--subset", subset, "--masks", str(root / "data/masks"),
+            "--out", str(root / f"models/finetune/{method}"), "--checkpoints", str(root / f"checkpoints/{method}"),
+            "--metrics", str(root / f"metrics/finetune/{method}.json"), "--plots", str(root / f"plots/finetune/{method}"),
+        )
+    cft("evaluate", "--base", str(root / "models/base"), "--finetuned", str(root / "models/finetune"), "--data", data, "--subset", subset, "--metrics", str(metrics_file), "--plots", str(root / "plots/evaluate"))
+    return json.loads(metrics_file.read_text())
+
+
+def cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {(max(values) - min(values)) / 2:.3f}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    models = list(results[0]["splits"])
+    splits = list(results[0]["splits"][models[0]])
+    lines = ["| split | metric | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
+    for split in splits:
+        for metric in METRICS:
+            if metric not in results[0]["splits"][models[0]][split]:
+                continue
+            row = [cell([r["splits"][m][split][metric] for r in results]) for m in models]
+            lines.append(f"| {split} | {metric} | " + " | ".join(row) + " |")
+    for key in results[0]["summary"][models[0]]:
+        row = [cell([r["summary"][m][key] for r in results if key in r["summary"][m]]) for m in models]
+        lines.append(f"| summary | {key} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/cft-seeds"))
+    args = parser.parse_args()
+    results = [run_seed(seed, args.params.resolve(), args.work.resolve()) for seed in args.seeds]
+    print(f"seeds {args.seeds}; cells are mean ± half the range over seeds")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import zarr
+
+from pipeline.array_store import StoreError
+from pipeline.concepts import CONCEPTS_JSON, CONCEPTS_PARQUET, ConceptsError, catalog_concepts, read_concepts, write_concepts
+from pipeline.config import ConceptsConfig
+from pipeline.manifest import classes_of, read_manifest
+from pipeline.mask_store import STORE_NAME, TABLE_NAME, ImageMasks, MaskStore, write_mask_store
+from pipeline.masks_annotated import annotated_masks, resize_masks
+
+CLASSES = ["cat", "dog", "fish"]
+
+
+@pytest.fixture(scope="module")
+def manifest(tiny_world: Path) -> pa.Table:
+    return read_manifest(tiny_world / "manifest.parquet")
+
+
+@pytest.fixture(scope="module")
+def world_concepts(tiny_world: Path) -> dict[str, list[str]]:
+    return json.loads((tiny_world / "world.json").read_text())["concepts"]
+
+
+def yaml_catalog(tmp_path: Path, text: str) -> ConceptsConfig:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(text)
+    return ConceptsConfig(catalog=str(path))
+
+
+# --- concepts ---------------------------------------------------------------------------------
+
+
+def test_dataset_catalog_gives_world_parts(tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]]) -> None:
+    classes = classes_of(manifest)
+    concepts, provenance = catalog_concepts(ConceptsConfig(), tiny_world, classes)
+    assert list(concepts) == classes
+    assert concepts == {cls: world_concepts[cls] for cls in classes}
+    assert concepts["mushroom"] == ["stem", "cap", "spots"]
+    assert provenance == "dataset catalog world.json"
+
+
+def test_dataset_without_catalog(tmp_path: Path) -> None:
+    with pytest.raises(ConceptsError, match="ships no concept catalog") as info:
+        catalog_concepts(ConceptsConfig(), tmp_path, CLASSES)
+    assert str(tmp_path / "world.json") in str(info.value)
+
+
+def test_yaml_catalog(tmp_path: Path) -> None:
+    config = yaml_catalog(tmp_path, "fish: [fin, tail]\ncat:\n  - ears\n  - whiskers\ndog: [snout]\n")
+    concepts, provenance = catalog_concepts(config, tmp_path / "unused", CLASSES)
+    assert concepts == {"cat": ["ears", "whiskers"], "dog": ["snout"], "fish": ["fin", "tail"]}
+    assert list(concepts) == CLASSES
+    assert provenance == config.catalog
+
+
+def test_duplicates_removed_preserving_order(tmp_path: Path) -> None:
+    config = yaml_catalog(tmp_path, "cat: [whiskers, ears, whiskers, ' ears ', tail]\ndog: [snout, snout]\nfish: [fin]\n")
+    concepts, _ = catalog_concepts(config, tmp_path, CLASSES)
+    assert concepts["cat"] == ["whiskers", "ears", "tail"]
+    assert concepts["dog"] == ["snout"]
+
+
+def test_unknown_class_is_listed_with_the_file(tmp_path: Path) -> None:
+    config = yaml_catalog(tmp_path, "cat: [ears]\ndog: [snout]\nfish: [fin]\nzebra: [stripes]\nyak: [horns]\n")
+    with pytest.raises(ConceptsError, match=r"unknown class\(es\) \['yak', 'zebra'\]") as info:
+        catalog_concepts(config, tmp_path, CLASSES)
+    assert str(info.value).startswith(f"{config.catalog}:")
+
+
+def test_missing_class(tmp_path: Path) -> None:
+    config = yaml_catalog(tmp_path, "cat: [ears]\n")
+    with pytest.raises(ConceptsError, match=r"no concepts for class\(es\) \['dog', 'fish'\]") as info:
+        catalog_concepts(config, tmp_path, CLASSES)
+    assert str(config.catalog) in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["[]", "''", "[ears, '  ']", "[1, 2]", "ears"])
+def test_empty_or_invalid_concept_list(tmp_path: Path, value: str) -> None:
+    config = yaml_catalog(tmp_path, f"cat: [ears]\ndog: {value}\nfish: [fin]\n")
+    with pytest.raises(ConceptsError, match="class 'dog' needs a non-empty list of non-empty strings") as info:
+        catalog_concepts(config, tmp_path, CLASSES)
+    assert str(config.catalog) in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["- cat\n- dog\n", "just a string\n", ""])
+def test_catalog_not_a_mapping(tmp_path: Path, text: str) -> None:
+    config = yaml_catalog(tmp_path, text)
+    with pytest.raises(ConceptsError, match="expected a mapping class -> list of concepts") as info:
+        catalog_concepts(config, tmp_path, CLASSES)
+    assert str(config.catalog) in str(info.value)
+
+
+def test_catalog_file_missing(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConceptsError, match="concept catalog not found") as info:
+        catalog_concepts(ConceptsConfig(catalog=str(path)), tmp_path, CLASSES)
+    assert str(path) in str(info.value)
+
+
+def test_catalog_invalid_yaml(tmp_path: Path) -> None:
+    config = yaml_catalog(tmp_path, "cat: [ears\ndog: {\n")
+    with pytest.raises(ConceptsError, match="not valid YAML") as info:
+        catalog_concepts(config, tmp_path, CLASSES)
+    assert str(config.catalog) in str(info.value)
+
+
+def test_artifact_round_trip(tmp_path: Path) -> None:
+    concepts = {"cat": ["ears", "whiskers"], "dog": ["snout"], "fish": ["fin", "tail", "eye"]}
+    write_concepts(tmp_path, concepts, {"source": "catalog", "file": "x.yaml"})
+    assert read_concepts(tmp_path) == concepts
+    payload = json.loads((tmp_path / CONCEPTS_JSON).read_text())
+    assert payload["provenance"] == {"source": "catalog", "file": "x.yaml"}
+    assert payload["format_version"] == 1
+    table = pq.read_table(tmp_path / CONCEPTS_PARQUET)
+    pairs = list(zip(table.column("class_name").to_pylist(), table.column("concept").to_pylist(), strict=True))
+    assert pairs == [(cls, c) for cls, names in concepts.items() for c in names]
+    assert table.column("weight").to_pylist() == [1.0] * 6
+    assert table.schema.field("weight").type == pa.float32()
+
+
+def test_read_concepts_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConceptsError, match="concepts artifact not found"):
+        read_concepts(tmp_path)
+    (tmp_path / CONCEPTS_JSON).write_text("{not json")
+    with pytest.raises(ConceptsError, match="not valid JSON"):
+        read_concepts(tmp_path)
+    (tmp_path / CONCEPTS_JSON).write_text(json.dumps({"format_version": 99, "classes": {}}))
+    with pytest.raises(ConceptsError, match="not a concepts artifact of format 1"):
+        read_concepts(tmp_path)
+
+
+# --- mask store -------------------------------------------------------------------------------
+
+RESOLUTION = (4, 5)
+
+
+def mask_results() -> list[ImageMasks]:
+    rng = np.random.default_rng(0)
+    nineteen = np.ones(RESOLUTION, dtype=bool)
+    nineteen[0, 0] = False
+    a = np.stack([rng.random(RESOLUTION) > 0.5, np.zeros(RESOLUTION, bool), np.ones(RESOLUTION, bool)])
+    b = np.stack([nineteen, np.zeros(RESOLUTION, bool)])
+    b[1, 2, 3] = True
+    c = np.stack([rng.random(RESOLUTION) > 0.7])
+    return [
+        ImageMasks("img/a", "cat", ["ears", "whiskers", "fur"], a, scores=[0.9, 0.1, 0.5]),
+        ImageMasks("img/b", "dog", ["snout", "tail"], b, missing=[False, True]),
+        ImageMasks("img/c", "fish", ["fin"], c),
+    ]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[MaskStore, pa.Table, list[ImageMasks]]:
+    results = mask_results()
+    table = write_mask_store(tmp_path, results, RESOLUTION, backend="test")
+    return MaskStore(tmp_path), table, results
+
+
+def test_mask_store_round_trip(store: tuple[MaskStore, pa.Table, list[ImageMasks]], tmp_path: Path) -> None:
+    masks, _, results = store
+    assert (tmp_path / STORE_NAME).is_dir() and (tmp_path / TABLE_NAME).is_file()
+    assert masks.backend == "test"
+    assert masks.resolution == RESOLUTION
+    assert masks.image_ids == ["img/a", "img/b", "img/c"]
+    stacked = masks.concept_masks(["img/c", "img/a", "img/b"])
+    assert stacked.shape == (3, 3, *RESOLUTION) and stacked.dtype == bool
+    np.testing.assert_array_equal(stacked[1], results[0].masks)
+    np.testing.assert_array_equal(stacked[2, :2], results[1].masks)
+    np.testing.assert_array_equal(stacked[0, :1], results[2].masks)
+    assert not stacked[2, 2].any()
+    assert not stacked[0, 1:].any()
+
+
+def test_union_is_any_over_slots(store: tuple[MaskStore, pa.Table, list[ImageMasks]]) -> None:
+    masks, _, results = store
+    union = masks.union(["img/b", "img/a", "img/c"])
+    assert union.shape == (3, *RESOLUTION)
+    np.testing.assert_array_equal(union[0], results[1].masks.any(axis=0))
+    assert union[1].all()
+    np.testing.assert_array_equal(union[2], results[2].masks[0])
+
+
+def test_mask_table_and_flags(store: tuple[MaskStore, pa.Table, list[ImageMasks]]) -> None:
+    masks, table, results = store
+    assert masks.table.equals(table)
+    rows = table.to_pylist()
+    assert [(r["image_id"], r["row"], r["slot"], r["concept"]) for r in rows] == [
+        ("img/a", 0, 0, "ears"), ("img/a", 0, 1, "whiskers"), ("img/a", 0, 2, "fur"),
+        ("img/b", 1, 0, "snout"), ("img/b", 1, 1, "tail"), ("img/c", 2, 0, "fin"),
+    ]
+    assert [r["flag"] for r in rows] == ["ok", "empty", "full", "ok", "no_annotation", "ok"]
+    assert rows[3]["area_fraction"] == pytest.approx(0.95)
+    assert rows[4]["area_fraction"] == pytest.approx(0.05)
+    assert rows[0]["area_fraction"] == pytest.approx(results[0].masks[0].mean())
+    assert [r["score"] for r in rows[:3]] == pytest.approx([0.9, 0.1, 0.5])
+    assert [r["score"] for r in rows[3:]] == [None, None, None]
+    assert masks.flags() == {"empty": 1, "full": 1, "no_annotation": 1, "ok": 3}
+
+
+def test_unknown_image_id_is_named(store: tuple[MaskStore, pa.Table, list[ImageMasks]]) -> None:
+    masks, _, _ = store
+    np.testing.assert_array_equal(masks.rows(["img/c", "img/a"]), [2, 0])
+    with pytest.raises(StoreError, match=r"\['img/zzz'\]"):
+        masks.rows(["img/a", "img/zzz"])
+    with pytest.raises(StoreError, match="img/zzz"):
+        masks.union(["img/zzz"])
+
+
+def test_wrong_mask_shape_raises(tmp_path: Path) -> None:
+    bad = ImageMasks("img/x", "cat", ["ears", "tail"], np.zeros((2, 4, 4), dtype=bool))
+    with pytest.raises(StoreError, match=r"img/x: masks of shape \(2, 4, 4\), expected \(2, 4, 5\)"):
+        write_mask_store(tmp_path, [bad], RESOLUTION, backend="test")
+    too_few = ImageMasks("img/y", "cat", ["ears", "tail"], np.zeros((1, 4, 5), dtype=bool))
+    with pytest.raises(StoreError, match="img/y"):
+        write_mask_store(tmp_path, [too_few], RESOLUTION, backend="test")
+
+
+def test_mask_store_missing(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="not found"):
+        MaskStore(tmp_path)
+
+
+# --- annotated backend ------------------------------------------------------------------------
+
+
+def train_ids(manifest: pa.Table, count: int = 8) -> list[str]:
+    train = manifest.filter(pc.equal(manifest.column("split"), "train"))
+    return train.column("image_id").to_pylist()[3 : 3 + count]
+
+
+def part_labels(tiny_world: Path, manifest: pa.Table, image_ids: list[str]) -> np.ndarray:
+    group = zarr.open_group(str(tiny_world / "world.zarr"), mode="r")
+    index = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("source_index").to_pylist(), strict=True))
+    return np.stack([group["train/part_labels"][index[i]] for i in image_ids])
+
+
+def test_annotated_masks_match_part_labels(tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]]) -> None:
+    ids = train_ids(manifest)
+    results, size = annotated_masks(tiny_world, manifest, ids, world_concepts, None, progress=False)
+    labels = part_labels(tiny_world, manifest, ids)
+    assert size == (32, 32) == labels.shape[1:]
+    names = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("class_name").to_pylist(), strict=True))
+    assert [r.image_id for r in results] == ids
+    assert any(len(r.concepts) != len(results[0].concepts) for r in results)
+    for result, label_map in zip(results, labels, strict=True):
+        assert result.class_name == names[result.image_id]
+        assert result.concepts == world_concepts[result.class_name]
+        assert result.masks.dtype == bool and result.masks.shape == (len(result.concepts), 32, 32)
+        assert result.missing == [False] * len(result.concepts)
+        for k in range(len(result.concepts)):
+            np.testing.assert_array_equal(result.masks[k], label_map == k + 1)
+        np.testing.assert_array_equal(result.masks.any(axis=0), label_map > 0)
+        assert result.masks.any()
+
+
+def test_unknown_concept_gets_empty_mask_flagged(tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]], tmp_path: Path) -> None:
+    ids = train_ids(manifest, 4)
+    concepts = {cls: [names[0].upper(), "unicorn horn"] for cls, names in world_concepts.items()}
+    results, size = annotated_masks(tiny_world, manifest, ids, concepts, None, progress=False)
+    labels = part_labels(tiny_world, manifest, ids)
+    for result, label_map in zip(results, labels, strict=True):
+        assert result.missing == [False, True]
+        np.testing.assert_array_equal(result.masks[0], label_map == 1)
+        assert not result.masks[1].any()
+    table = write_mask_store(tmp_path, results, size, backend="annotated")
+    flags = table.column("flag").to_pylist()
+    assert flags[1::2] == ["no_annotation"] * 4
+    assert "no_annotation" not in flags[0::2]
+    assert MaskStore(tmp_path).flags()["no_annotation"] == 4
+
+
+def test_annotated_resolution(tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]]) -> None:
+    ids = train_ids(manifest, 4)
+    results, size = annotated_masks(tiny_world, manifest, ids, world_concepts, 16, progress=False)
+    full, _ = annotated_masks(tiny_world, manifest, ids, world_concepts, None, progress=False)
+    labels = part_labels(tiny_world, manifest, ids)
+    assert size == (16, 16)
+    for small, large, label_map in zip(results, full, labels, strict=True):
+        assert small.masks.shape == (len(small.concepts), 16, 16) and small.masks.dtype == bool
+        np.testing.assert_array_equal(small.masks, large.masks[:, ::2, ::2])
+        for k in range(len(small.concepts)):
+            np.testing.assert_array_equal(small.masks[k], label_map[::2, ::2] == k + 1)
+
+
+def test_annotated_needs_part_catalog(tmp_path: Path, manifest: pa.Table) -> None:
+    with pytest.raises(StoreError, match="has no part annotations"):
+        annotated_masks(tmp_path, manifest, train_ids(manifest, 1), {}, None, progress=False)
+
+
+def test_resize_masks_nearest_and_dtype() -> None:
+    labels = np.arange(2 * 6 * 9, dtype=np.uint8).reshape(2, 6, 9)
+    resized = resize_masks(labels, (3, 4))
+    assert resized.dtype == np.uint8 and resized.shape == (2, 3, 4)
+    rows, cols = np.floor(np.arange(3) * 6 / 3).astype(int), np.floor(np.arange(4) * 9 / 4).astype(int)
+    np.testing.assert_array_equal(resized, labels[:, rows][:, :, cols])
+    masks = np.random.default_rng(1).random((3, 2, 8, 8)) > 0.5
+    small = resize_masks(masks, (4, 4))
+    assert small.dtype == bool and small.shape == (3, 2, 4, 4)
+    np.testing.assert_array_equal(small, masks[..., ::2, ::2])
+    up = resize_masks(masks[0, 0], (16, 16))
+    np.testing.assert_array_equal(up, masks[0, 0].repeat(2, axis=0).repeat(2, axis=1))
+    assert resize_masks(masks, (8, 8)) is masks

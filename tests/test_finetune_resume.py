@@ -1,0 +1,103 @@
+"""Fine-tuning is resumable: an interrupted run, rerun, ends with the same weights as an uninterrupted one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import pipeline.finetuning as finetuning
+from pipeline.concepts import catalog_concepts
+from pipeline.config import BaseConfig, ConceptsConfig, FinetuneConfig, LabelsObjective, RelevanceObjective, SubsetConfig, TrainSchedule
+from pipeline.manifest import classes_of, read_manifest
+from pipeline.mask_store import write_mask_store
+from pipeline.masks_annotated import annotated_masks
+from pipeline.models import create_model, preprocessing_of, save_model_artifact
+from pipeline.subset import select_subset, subset_ids, write_subset
+from tests.test_stages import TINY_BASE
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> finetuning.FinetuneInputs:
+    root = tmp_path_factory.mktemp("resume")
+    manifest = read_manifest(tiny_world / "manifest.parquet")
+    subset = select_subset(manifest, SubsetConfig(images_per_class=2, val_images_per_class=1))
+    write_subset(root / "subset.parquet", subset)
+    classes = classes_of(manifest)
+    concepts, _ = catalog_concepts(ConceptsConfig(), tiny_world, classes)
+    results, size = annotated_masks(tiny_world, manifest, subset_ids(subset, "finetune"), concepts, None, progress=False)
+    write_mask_store(root / "masks", results, size, "annotated")
+    config = BaseConfig(**TINY_BASE)
+    torch.manual_seed(0)
+    model = create_model(config, len(classes), image_size=32)
+    save_model_artifact(root / "base", model, config, classes, preprocessing_of(model, 32))
+    return finetuning.FinetuneInputs(base_model=root / "base", dataset=tiny_world, subset=root / "subset.parquet", masks=root / "masks")
+
+
+def config(objective: RelevanceObjective | LabelsObjective, **train: object) -> FinetuneConfig:
+    schedule = TrainSchedule(**{"epochs": 3, "batch_size": 4, "lr": 1e-3, "lr_step_epochs": 1, "overlay_images": 2, "device": "cpu", **train})
+    return FinetuneConfig(method="test", train=schedule, objective=objective)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
+    """Raise inside the training loop after ``steps`` batches, as a kill would stop it mid-epoch."""
+    original = finetuning.joint_augment
+    calls = {"n": 0}
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] > steps:
+            raise Interrupted
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(finetuning, "joint_augment", counting)
+
+
+@pytest.mark.parametrize("objective", [RelevanceObjective(objective="relevance"), LabelsObjective(objective="labels")], ids=["cft", "plain"])
+def test_interrupted_run_resumes_to_identical_weights(inputs: finetuning.FinetuneInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, objective: RelevanceObjective | LabelsObjective) -> None:
+    run = config(objective)
+    reference = finetuning.finetune(run, inputs, tmp_path / "uninterrupted", progress=False)
+    steps_per_epoch = 3  # 10 images in batches of 4
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, steps_per_epoch + 1)  # one epoch saved, then stopped inside the second
+        with pytest.raises(Interrupted):
+            finetuning.finetune(run, inputs, tmp_path / "interrupted", progress=False)
+    resumed = finetuning.finetune(run, inputs, tmp_path / "interrupted", progress=False)
+    for name, tensor in reference.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert resumed.curves == reference.curves
+    assert resumed.best_epoch == reference.best_epoch
+
+
+def test_checkpoint_of_another_config_is_not_resumed(inputs: finetuning.FinetuneInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    objective = LabelsObjective(objective="labels")
+    finetuning.finetune(config(objective, epochs=2), inputs, tmp_path / "state", progress=False)
+    calls = {"n": 0}
+    original = finetuning.joint_augment
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(finetuning, "joint_augment", counting)
+    finetuning.finetune(config(objective, epochs=2), inputs, tmp_path / "state", progress=False)
+    assert calls["n"] == 0  # same run, already complete: nothing is recomputed
+    changed = finetuning.finetune(config(objective, epochs=2, lr=5e-4), inputs, tmp_path / "state", progress=False)
+    assert calls["n"] == 2 * 3  # another lr: trained from the start
+    fresh = finetuning.finetune(config(objective, epochs=2, lr=5e-4), inputs, tmp_path / "fresh", progress=False)
+    for name, tensor in fresh.model.state_dict().items():
+        assert torch.equal(tensor, changed.model.state_dict()[name]), name
+
+
+def test_cft_changes_relevance_and_plain_keeps_its_masks_out(inputs: finetuning.FinetuneInputs, tmp_path: Path) -> None:
+    outcome = finetuning.finetune(config(RelevanceObjective(objective="relevance")), inputs, tmp_path / "c", progress=False)
+    assert [row["epoch"] for row in outcome.curves] == [0, 1, 2, 3]
+    assert {"background", "foreground", "classification", "train_background_share"} <= set(outcome.curves[1])
+    assert outcome.overlay["before"].shape == outcome.overlay["after"].shape == (2, 32, 32)
+    assert not torch.allclose(torch.from_numpy(outcome.overlay["before"]), torch.from_numpy(outcome.overlay["after"]))
+    assert outcome.spec["finetune"]["best_epoch"] == outcome.best_epoch >= 1
