@@ -74,10 +74,21 @@ def _object_masks(inputs: FinetuneInputs, data: ArraySplit, manifest: Any) -> np
         return None
 
 
+def overlay_indices(labels: np.ndarray, count: int) -> np.ndarray:
+    """Up to ``count`` image indices taking the classes in turn, so the picture shows every class."""
+    per_class = [np.flatnonzero(labels == label).tolist() for label in dict.fromkeys(labels.tolist())]
+    chosen: list[int] = []
+    while len(chosen) < min(count, len(labels)):
+        for indices in per_class:
+            if indices and len(chosen) < count:
+                chosen.append(indices.pop(0))
+    return np.asarray(chosen, dtype=np.int64)
+
+
 def relevance_maps(model: torch.nn.Module, normalizer: Normalizer, images: np.ndarray, targets: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
     """AttnLRP maps (N, H, W) at image size for ``targets``, without gradients to parameters."""
     model.eval()
-    maps = []
+    maps = [np.zeros((0, *images.shape[1:3]), dtype=np.float32)]
     for start in range(0, len(images), batch_size):
         x = normalizer(torch.from_numpy(images[start : start + batch_size]).to(device))
         y = torch.from_numpy(targets[start : start + batch_size]).to(device)
@@ -111,9 +122,9 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=train.lr_step_epochs, gamma=train.lr_gamma)
     generator = seed_everything(train.seed)
 
-    shown = min(train.overlay_images, len(data))
-    overlay = {"images": data.images[:shown], "masks": masks[:shown]}
-    overlay["before"] = relevance_maps(model, normalizer, data.images[:shown], data.labels[:shown], device, train.eval_batch_size) if shown else np.zeros((0,))
+    shown = overlay_indices(data.labels, train.overlay_images)
+    overlay = {"images": data.images[shown], "masks": masks[shown]}
+    overlay["before"] = relevance_maps(model, normalizer, data.images[shown], data.labels[shown], device, train.eval_batch_size)
     mask_tensor = torch.from_numpy(masks)
     object_masks = _object_masks(inputs, data, manifest)
     monitor_masks = torch.from_numpy(object_masks if object_masks is not None else masks)
@@ -201,7 +212,7 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
                 },
             )
     model.load_state_dict(best["weights"])
-    overlay["after"] = relevance_maps(model, normalizer, data.images[:shown], data.labels[:shown], device, train.eval_batch_size) if shown else np.zeros((0,))
+    overlay["after"] = relevance_maps(model, normalizer, data.images[shown], data.labels[shown], device, train.eval_batch_size)
     spec = {
         **spec,
         "finetune": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,3 +102,10 @@ def test_cft_changes_relevance_and_plain_keeps_its_masks_out(inputs: finetuning.
     assert outcome.overlay["before"].shape == outcome.overlay["after"].shape == (2, 32, 32)
     assert not torch.allclose(torch.from_numpy(outcome.overlay["before"]), torch.from_numpy(outcome.overlay["after"]))
     assert outcome.spec["finetune"]["best_epoch"] == outcome.best_epoch >= 1
+
+
+def test_overlay_takes_the_classes_in_turn() -> None:
+    labels = np.array([3, 3, 3, 5, 5, 7])
+    assert finetuning.overlay_indices(labels, 4).tolist() == [0, 3, 5, 1]
+    assert finetuning.overlay_indices(labels, 10).tolist() == [0, 3, 5, 1, 4, 2]
+    assert finetuning.overlay_indices(labels, 0).tolist() == []
