@@ -2,7 +2,10 @@
 
 Each seed runs prepare → base → concepts → masks → finetune (every method) → evaluate through the
 `cft` commands, in its own folder, with ``data.seed``, ``data.subset.seed``, ``base.seed`` and
-``finetune.train.seed`` all set to the seed (everything else from the params file).
+``finetune.train.seed`` all set to the seed (everything else from the params file). Outputs of an
+earlier run in the same folder are reused (a stage is skipped when its output exists), so adding
+a method to ``finetune.methods`` only trains that method and re-evaluates; use a new ``--work``
+folder after changing anything else.
 
     python benchmarks/seeds.py --seeds 0 1 2 --work /tmp/cft-seeds    # prints a markdown table
 """
@@ -25,8 +28,6 @@ METRICS = ("accuracy_seen", "accuracy_unseen", "miou", "background_share")
 def run_seed(seed: int, params_file: Path, work: Path) -> dict[str, Any]:
     root = work / f"seed{seed}"
     metrics_file = root / "metrics" / "evaluate.json"
-    if metrics_file.is_file():
-        return json.loads(metrics_file.read_text())
     root.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load(params_file.read_text())
     params["data"]["seed"] = seed
@@ -35,20 +36,26 @@ def run_seed(seed: int, params_file: Path, work: Path) -> dict[str, Any]:
     params["finetune"]["train"]["seed"] = seed
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
-    def cft(*args: str) -> None:
+    def cft(*args: str, unless: str | None = None) -> None:
+        """Run one stage; ``unless`` names its output, which (from an earlier run) skips it."""
+        if unless is not None and Path(unless).exists():
+            return
         subprocess.run([sys.executable, "-m", "stages.cli", *args, "--params", str(root / "params.yaml")], check=True, cwd=Path(__file__).resolve().parents[1])
 
     data, subset = str(root / "data/prepared"), str(root / "data/subset")
-    cft("prepare", "--out", data, "--subset", subset, "--metrics", str(root / "metrics/prepare.json"))
-    cft("base", "--data", data, "--out", str(root / "models/base"), "--metrics", str(root / "metrics/base.json"), "--plots", str(root / "plots/base"))
-    cft("concepts", "--data", data, "--out", str(root / "data/concepts"))
-    cft("masks", "--data", data, "--subset", subset, "--concepts", str(root / "data/concepts"), "--out", str(root / "data/masks"), "--sheet", str(root / "plots/masks.png"))
+    cft("prepare", "--out", data, "--subset", subset, "--metrics", str(root / "metrics/prepare.json"), unless=subset)
+    cft("base", "--data", data, "--out", str(root / "models/base"), "--metrics", str(root / "metrics/base.json"), "--plots", str(root / "plots/base"), unless=str(root / "models/base"))
+    cft("concepts", "--data", data, "--out", str(root / "data/concepts"), unless=str(root / "data/concepts"))
+    cft("masks", "--data", data, "--subset", subset, "--concepts", str(root / "data/concepts"), "--out", str(root / "data/masks"), "--sheet", str(root / "plots/masks.png"), unless=str(root / "data/masks"))
     for method in params["finetune"]["methods"]:
         cft(
             "finetune", method, "--base", str(root / "models/base"), "--data", data, "--subset", subset, "--masks", str(root / "data/masks"),
             "--out", str(root / f"models/finetune/{method}"), "--checkpoints", str(root / f"checkpoints/{method}"),
             "--metrics", str(root / f"metrics/finetune/{method}.json"), "--plots", str(root / f"plots/finetune/{method}"),
+            unless=str(root / f"models/finetune/{method}"),
         )
+    if metrics_file.is_file() and list(json.loads(metrics_file.read_text())["summary"]) == ["base", *params["finetune"]["methods"]]:
+        return json.loads(metrics_file.read_text())
     cft("evaluate", "--base", str(root / "models/base"), "--finetuned", str(root / "models/finetune"), "--data", data, "--subset", subset, "--metrics", str(metrics_file), "--plots", str(root / "plots/evaluate"))
     return json.loads(metrics_file.read_text())
 

@@ -1,9 +1,10 @@
 """The concepts artifact: for each class, the visual parts that identify it.
 
-``concepts.json`` (readable) and ``concepts.parquet`` (one row per class and concept: class_name,
-concept, weight) hold the same table. Sources: ``catalog`` (a YAML file ``class: [concepts]``,
-or the dataset's own catalog, e.g. the world's part names); an LLM source comes later and writes
-the same artifact.
+``concepts.parquet`` (one row per class and concept: class_name, concept, weight) is what later
+stages read; ``concepts.json`` holds the same table for people, with provenance (source, model,
+prompt hash, temperature, date) and, for the LLM source, what each filter dropped per class.
+Sources: ``catalog`` (a YAML file ``class: [concepts]``, or the dataset's own catalog, e.g. the
+world's part names) and ``llm`` (``pipeline.llm_concepts``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ def catalog_concepts(config: ConceptsConfig, dataset_dir: str | Path, classes: l
     return _validate(raw, classes, f"{path} (concepts)"), f"dataset catalog {path.name}"
 
 
-def write_concepts(out_dir: str | Path, concepts: dict[str, list[str]], provenance: dict[str, Any]) -> None:
+def write_concepts(out_dir: str | Path, concepts: dict[str, list[str]], provenance: dict[str, Any], class_stats: dict[str, Any] | None = None) -> None:
+    """``concepts.parquet`` is the table later stages read (it changes only when the concepts do);
+    ``concepts.json`` adds provenance and per-class filter statistics for people."""
     out_dir = Path(out_dir)
     rows = [(cls, concept, 1.0) for cls, names in concepts.items() for concept in names]
     table = pa.table(
@@ -73,17 +76,25 @@ def write_concepts(out_dir: str | Path, concepts: dict[str, list[str]], provenan
         schema=pa.schema([("class_name", pa.string()), ("concept", pa.string()), ("weight", pa.float32())]),
     )
     write_with(out_dir / CONCEPTS_PARQUET, lambda tmp: pq.write_table(table, tmp))
-    write_json(out_dir / CONCEPTS_JSON, {"format_version": FORMAT_VERSION, "provenance": provenance, "classes": concepts})
+    payload = {"format_version": FORMAT_VERSION, "provenance": provenance, "classes": concepts}
+    if class_stats is not None:
+        payload["filter_stats"] = class_stats
+    write_json(out_dir / CONCEPTS_JSON, payload)
 
 
 def read_concepts(artifact_dir: str | Path) -> dict[str, list[str]]:
-    path = Path(artifact_dir) / CONCEPTS_JSON
+    """Class -> concepts, in order, from ``concepts.parquet``."""
+    path = Path(artifact_dir) / CONCEPTS_PARQUET
     if not path.is_file():
-        raise ConceptsError(f"{path}: concepts artifact not found (run `cft concepts`)")
+        raise ConceptsError(f"{path}: concepts table not found (run `cft concepts`)")
     try:
-        payload = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConceptsError(f"{path}: not valid JSON ({exc})") from exc
-    if payload.get("format_version") != FORMAT_VERSION or not isinstance(payload.get("classes"), dict):
-        raise ConceptsError(f"{path}: not a concepts artifact of format {FORMAT_VERSION}")
-    return {cls: list(names) for cls, names in payload["classes"].items()}
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise ConceptsError(f"{path}: not a readable parquet file ({exc})") from exc
+    missing = {"class_name", "concept"} - set(table.column_names)
+    if missing:
+        raise ConceptsError(f"{path}: missing column(s) {sorted(missing)}")
+    concepts: dict[str, list[str]] = {}
+    for cls, concept in zip(table.column("class_name").to_pylist(), table.column("concept").to_pylist(), strict=True):
+        concepts.setdefault(cls, []).append(concept)
+    return concepts

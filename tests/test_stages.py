@@ -139,3 +139,41 @@ def test_finetune_names_an_unknown_method(tmp_path: Path) -> None:
     result = runner.invoke(app, ["finetune", "robust", "--params", str(params), "--out", "o", "--checkpoints", "c", "--metrics", "m.json", "--plots", "p"])
     assert result.exit_code == 2
     assert "no fine-tuning method 'finetune.robust'; defined: ['cft', 'plain']" in result.output
+
+
+def test_concepts_from_an_llm_through_the_cli(tmp_path: Path, tiny_world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.concepts import read_concepts
+    from tests.llm_server import Reply, ScriptedLLM, concepts_json
+
+    monkeypatch.setenv("CFT_TEST_LLM_KEY", "sk-never-in-artifacts")
+
+    def script(name: str, earlier: int) -> Reply:
+        if name == "rocket":
+            return Reply(200, "I cannot help with that.")
+        return Reply(200, concepts_json("wings", f"{name} shape", "blue sky", "pointed tip"))
+
+    with ScriptedLLM(script) as server:
+        params = tmp_path / "params.yaml"
+        llm = {"model": "openai/local", "api_base": server.url, "api_key_env": "CFT_TEST_LLM_KEY", "cache_dir": str(tmp_path / "cache"), "backoff_s": 0.0, "max_retries": 1}
+        params.write_text(yaml.safe_dump({"concepts": {"source": "llm", "llm": llm}}))
+        result = runner.invoke(app, ["concepts", "--params", str(params), "--data", str(tiny_world), "--out", str(tmp_path / "concepts")])
+        assert result.exit_code == 2
+        assert "1 class(es) without valid concepts after 1 retries: ['rocket']" in result.output
+        assert not (tmp_path / "concepts").exists()
+
+        llm["on_invalid"] = "fallback"
+        params.write_text(yaml.safe_dump({"concepts": {"source": "llm", "llm": llm}}))
+        result = runner.invoke(app, ["concepts", "--params", str(params), "--data", str(tiny_world), "--out", str(tmp_path / "concepts")])
+        assert result.exit_code == 0, result.output
+        assert "fallbacks ['rocket']" in result.output
+        requests = server.count()
+        rerun = runner.invoke(app, ["concepts", "--params", str(params), "--data", str(tiny_world), "--out", str(tmp_path / "concepts")])
+        assert rerun.exit_code == 0 and server.count() == requests + 2  # only the invalid class is asked again
+    concepts = read_concepts(tmp_path / "concepts")
+    assert concepts["fish"] == ["wings", "pointed tip"] and concepts["rocket"] == ["rocket"]
+    payload = json.loads((tmp_path / "concepts" / "concepts.json").read_text())
+    assert payload["provenance"]["model"] == "openai/local" and len(payload["provenance"]["prompt_sha256"]) == 16
+    assert payload["filter_stats"]["fish"]["dropped"]["names_class"] == ["fish shape"]
+    assert payload["filter_stats"]["fish"]["dropped"]["context"] == ["blue sky"]
+    for path in [*(tmp_path / "concepts").iterdir(), *(tmp_path / "cache").iterdir()]:
+        assert "sk-never-in-artifacts" not in path.read_bytes().decode(errors="ignore")
