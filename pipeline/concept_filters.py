@@ -18,10 +18,12 @@ _SPACES = re.compile(r"\s+")
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+_PUNCTUATION = " .,;:!?\"'`*-"
+
+
 def normalise_concept(text: str) -> str:
-    text = _SPACES.sub(" ", text.strip().lower())
-    text = _ARTICLE.sub("", text)
-    return text.strip(" .,;:!?\"'`*-")
+    text = _SPACES.sub(" ", text.lower()).strip(_PUNCTUATION)
+    return _ARTICLE.sub("", text).strip(_PUNCTUATION)
 
 
 def _words(text: str) -> set[str]:
@@ -34,6 +36,8 @@ def _plural_variants(words: Iterable[str]) -> set[str]:
         out |= {word, word + "s", word + "es"}
         if word.endswith("s"):
             out.add(word[:-1])
+        if word.endswith("es"):
+            out.add(word[:-2])
     return out
 
 

@@ -228,7 +228,8 @@ class ConceptProposer:
             except transient as exc:
                 result.errors.append(f"{type(exc).__name__}: {str(exc)[:160]}")
                 continue
-            except (litellm.AuthenticationError, litellm.NotFoundError, litellm.BadRequestError, litellm.PermissionDeniedError) as exc:
+            except (litellm.AuthenticationError, litellm.NotFoundError, litellm.BadRequestError, litellm.PermissionDeniedError, litellm.APIError) as exc:
+                # litellm maps some statuses (e.g. 403 from OpenAI-compatible servers) to a plain APIError
                 raise LlmError(f"{self.config.model}: {type(exc).__name__} while asking about '{name}': {str(exc)[:300]}") from exc
             self.cache.put(request, answer or "")
             return concepts
@@ -268,9 +269,13 @@ def propose_concepts(
     results: dict[str, ClassResult] = {}
     with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
         futures = {pool.submit(proposer.propose, name, readable): name for name, readable in classes.items()}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="concepts", unit="class", disable=not progress):
-            results[futures[future]] = future.result()
-    failed = [name for name, result in results.items() if not result.concepts]
+        try:
+            for future in tqdm(as_completed(futures), total=len(futures), desc="concepts", unit="class", disable=not progress):
+                results[futures[future]] = future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # a fatal error (e.g. a bad key): ask no further classes
+            raise
+    failed = [name for name in classes if not results[name].concepts]
     if failed:
         details = "; ".join(f"{name}: {results[name].errors[-1] if results[name].errors else 'every concept was filtered out'}" for name in failed[:10])
         raise LlmError(f"{len(failed)} class(es) without valid concepts after {config.max_retries} retries: {failed}. Last errors: {details}")

@@ -128,13 +128,13 @@ def test_artifact_round_trip(tmp_path: Path) -> None:
 
 
 def test_read_concepts_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConceptsError, match="concepts artifact not found"):
+    with pytest.raises(ConceptsError, match="concepts table not found"):
         read_concepts(tmp_path)
-    (tmp_path / CONCEPTS_JSON).write_text("{not json")
-    with pytest.raises(ConceptsError, match="not valid JSON"):
+    (tmp_path / CONCEPTS_PARQUET).write_bytes(b"not parquet")
+    with pytest.raises(ConceptsError, match="not a readable parquet file"):
         read_concepts(tmp_path)
-    (tmp_path / CONCEPTS_JSON).write_text(json.dumps({"format_version": 99, "classes": {}}))
-    with pytest.raises(ConceptsError, match="not a concepts artifact of format 1"):
+    pq.write_table(pa.table({"class_name": ["cat"]}), tmp_path / CONCEPTS_PARQUET)
+    with pytest.raises(ConceptsError, match=r"missing column\(s\) \['concept'\]"):
         read_concepts(tmp_path)
 
 

@@ -82,3 +82,13 @@ def test_cft_param_change_reruns_only_cft_and_evaluate(project: Path) -> None:
     assert "Running stage 'finetune@cft'" in output and "Running stage 'evaluate'" in output
     for stage in ("prepare", "base", "concepts", "masks", "finetune@plain"):
         assert f"Running stage '{stage}'" not in output
+
+
+def test_concepts_param_change_reruns_concepts_but_not_masks_when_concepts_are_the_same(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["concepts"]["filters"]["max_concepts"] = 7  # filters apply to LLM answers; the catalog is unchanged
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    output = run(["dvc", "repro"], project)
+    assert "Running stage 'concepts'" in output
+    for stage in ("prepare", "base", "masks", "finetune@cft", "evaluate"):
+        assert f"Running stage '{stage}'" not in output
