@@ -54,6 +54,11 @@ def load_split(manifest_path: str | Path, split: str, table: pa.Table | None = N
     )
 
 
+def object_masks(manifest_dir: Path, rows: pa.Table) -> np.ndarray:
+    """(N, H, W) bool whole-object masks of part-annotated sources (StoreError when there are none)."""
+    return read_arrays(manifest_dir, rows, "part_labels") > 0
+
+
 def rows_by_id(table: pa.Table, image_ids: list[str], name: str = "manifest") -> pa.Table:
     """The manifest rows of ``image_ids``, in that order; unknown ids are an error naming them."""
     position = {image_id: i for i, image_id in enumerate(table.column("image_id").to_pylist())}

@@ -19,10 +19,12 @@ from tqdm import tqdm
 
 from pipeline.array_store import StoreError
 from pipeline.config import EvaluateConfig
-from pipeline.datasets import ArraySplit, load_split, read_arrays
+from pipeline.datasets import ArraySplit, load_split
+from pipeline.datasets import object_masks as whole_object_masks
 from pipeline.manifest import split_rows
 from pipeline.objective import background_share
-from pipeline.relevance.attnlrp import UnsupportedModelError, attnlrp
+from pipeline.relevance.attnlrp import UnsupportedModelError
+from pipeline.relevance.maps import relevance_batch, relevance_maps
 from pipeline.training import Normalizer, autocast
 
 GROUPS = ("all", "seen", "unseen")
@@ -109,7 +111,7 @@ def evaluate_split(
         targets = (predicted if config.relevance_target == "predicted" else labels)[: limit - start]
         maps = np.concatenate(
             [
-                _relevance(model, x[offset : offset + config.relevance_batch_size], targets[offset : offset + config.relevance_batch_size], device)
+                relevance_batch(model, x[offset : offset + config.relevance_batch_size], targets[offset : offset + config.relevance_batch_size], device)
                 for offset in range(0, len(targets), config.relevance_batch_size)
             ]
         )
@@ -126,11 +128,6 @@ def evaluate_split(
         segmentation=segmentation,
         shares=np.concatenate(shares) if shares else None,
     )
-
-
-def _relevance(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, device: torch.device) -> np.ndarray:
-    with autocast(device):
-        return attnlrp(model, x, targets).upsampled().float().detach().cpu().numpy()
 
 
 def evaluation_splits(config: EvaluateConfig, available: list[str], used: set[str]) -> list[str]:
@@ -160,7 +157,7 @@ def evaluate_models(
             object_masks = None
             if config.relevance:
                 try:
-                    object_masks = read_arrays(manifest_path.parent, split_rows(manifest, split), "part_labels") > 0
+                    object_masks = whole_object_masks(manifest_path.parent, split_rows(manifest, split))
                 except StoreError:
                     object_masks = None
             for name, (model, spec) in models.items():
@@ -196,12 +193,10 @@ def summarise(results: dict[str, dict[str, dict[str, float]]], in_distribution: 
 def overlay_sample(models: dict[str, tuple[torch.nn.Module, dict[str, Any]]], manifest_path: Path, manifest: Any, split: str, count: int, device: torch.device) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], list[str]]:
     """The first ``count`` images of ``split``, their object masks and each model's relevance map
     for the true class (captions: class name)."""
-    from pipeline.finetuning import relevance_maps
-
     data = load_split(manifest_path, split, manifest)
     rows = split_rows(manifest, split).slice(0, count)
     images, labels = data.images[:count], data.labels[:count]
-    masks = read_arrays(manifest_path.parent, rows, "part_labels") > 0
+    masks = whole_object_masks(manifest_path.parent, rows)
     maps = {}
     for name, (model, spec) in models.items():
         normalizer = Normalizer(spec["preprocessing"]["mean"], spec["preprocessing"]["std"]).to(device)

@@ -23,13 +23,14 @@ from tqdm import tqdm
 from pipeline.array_store import StoreError
 from pipeline.checkpoint import fingerprint, load_state, save_state
 from pipeline.config import FinetuneConfig, RelevanceObjective
-from pipeline.datasets import ArraySplit, load_images, read_arrays, rows_by_id
+from pipeline.datasets import ArraySplit, load_images, object_masks, rows_by_id
 from pipeline.manifest import read_manifest
 from pipeline.mask_store import MaskStore
 from pipeline.masks_annotated import resize_masks
 from pipeline.models import load_model_artifact
-from pipeline.objective import background_share, normalise_relevance, relevance_loss
+from pipeline.objective import background_share, relevance_loss
 from pipeline.relevance.attnlrp import attnlrp
+from pipeline.relevance.maps import relevance_maps
 from pipeline.subset import read_subset, subset_ids
 from pipeline.training import Normalizer, autocast, joint_augment, predict, resolve_device, seed_everything, shuffled_batches
 
@@ -59,8 +60,7 @@ def _training_masks(config: FinetuneConfig, inputs: FinetuneInputs, data: ArrayS
     if not isinstance(objective, RelevanceObjective):
         return np.ones((len(data), *size), dtype=bool)
     if objective.masks == "object":
-        rows = rows_by_id(manifest, data.image_ids)
-        return read_arrays(inputs.dataset, rows, "part_labels") > 0
+        return object_masks(inputs.dataset, rows_by_id(manifest, data.image_ids))
     if inputs.masks is None:
         raise ValueError(f"finetune.{config.method}: concept masks are needed; pass the mask store (--masks)")
     return resize_masks(MaskStore(inputs.masks).union(data.image_ids), size)
@@ -69,7 +69,7 @@ def _training_masks(config: FinetuneConfig, inputs: FinetuneInputs, data: ArrayS
 def _object_masks(inputs: FinetuneInputs, data: ArraySplit, manifest: Any) -> np.ndarray | None:
     """Whole-object masks when the dataset is part-annotated (the world), for monitoring only."""
     try:
-        return read_arrays(inputs.dataset, rows_by_id(manifest, data.image_ids), "part_labels") > 0
+        return object_masks(inputs.dataset, rows_by_id(manifest, data.image_ids))
     except StoreError:
         return None
 
@@ -83,19 +83,6 @@ def overlay_indices(labels: np.ndarray, count: int) -> np.ndarray:
             if indices and len(chosen) < count:
                 chosen.append(indices.pop(0))
     return np.asarray(chosen, dtype=np.int64)
-
-
-def relevance_maps(model: torch.nn.Module, normalizer: Normalizer, images: np.ndarray, targets: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
-    """AttnLRP maps (N, H, W) at image size for ``targets``, without gradients to parameters."""
-    model.eval()
-    maps = [np.zeros((0, *images.shape[1:3]), dtype=np.float32)]
-    for start in range(0, len(images), batch_size):
-        x = normalizer(torch.from_numpy(images[start : start + batch_size]).to(device))
-        y = torch.from_numpy(targets[start : start + batch_size]).to(device)
-        with autocast(device):
-            relevance = attnlrp(model, x, y)
-        maps.append(relevance.upsampled().float().detach().cpu().numpy())
-    return np.concatenate(maps)
 
 
 def _accuracy(model: torch.nn.Module, normalizer: Normalizer, data: ArraySplit, device: torch.device, batch_size: int) -> float:
@@ -126,8 +113,8 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
     overlay = {"images": data.images[shown], "masks": masks[shown]}
     overlay["before"] = relevance_maps(model, normalizer, data.images[shown], data.labels[shown], device, train.eval_batch_size)
     mask_tensor = torch.from_numpy(masks)
-    object_masks = _object_masks(inputs, data, manifest)
-    monitor_masks = torch.from_numpy(object_masks if object_masks is not None else masks)
+    whole_objects = _object_masks(inputs, data, manifest)
+    monitor_masks = torch.from_numpy(whole_objects if whole_objects is not None else masks)
 
     run_fingerprint = fingerprint(
         {"config": config.model_dump(), "torch": torch.__version__, "device": device.type},
