@@ -1,8 +1,9 @@
 """Resumable training state, saved atomically after every epoch.
 
-A checkpoint carries a *fingerprint* of everything the run depends on (its config and the bytes
-of its input artifacts). A rerun resumes only from a checkpoint with the same fingerprint, so a
-changed param or a new base model starts afresh instead of continuing a different run.
+A checkpoint carries a *fingerprint* of everything the run depends on (its config, the bytes of
+its input artifacts and the pipeline's source code). A rerun resumes only from a checkpoint with
+the same fingerprint, so a changed param, a new base model or changed code starts afresh instead
+of continuing a different run.
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ def fingerprint(config: dict[str, Any], inputs: list[str | Path]) -> str:
             with path.open("rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
+    return digest.hexdigest()
+
+
+def source_digest(package: str | Path | None = None) -> str:
+    """sha256 of the package's ``.py`` sources: a checkpoint written by other code is not resumed."""
+    root = Path(package) if package is not None else Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        name = str(path.relative_to(root)).encode()
+        data = path.read_bytes()
+        digest.update(len(name).to_bytes(8, "little") + name + len(data).to_bytes(8, "little") + data)
     return digest.hexdigest()
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.array_store import StoreError
-from pipeline.checkpoint import fingerprint, load_state, save_state
+from pipeline.checkpoint import fingerprint, load_state, save_state, source_digest
 from pipeline.config import FinetuneConfig, RelevanceObjective
 from pipeline.datasets import ArraySplit, load_images, object_masks, rows_by_id
 from pipeline.manifest import read_manifest
@@ -117,7 +117,7 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
     monitor_masks = torch.from_numpy(whole_objects if whole_objects is not None else masks)
 
     run_fingerprint = fingerprint(
-        {"config": config.model_dump(), "torch": torch.__version__, "device": device.type},
+        {"config": config.model_dump(), "torch": torch.__version__, "device": device.type, "code": source_digest()},
         [p for p in (inputs.base_model, inputs.subset, inputs.masks, manifest_path) if p is not None],
     )
     state = load_state(checkpoint_dir, run_fingerprint)

@@ -295,3 +295,18 @@ def test_load_state_torn_or_foreign(tmp_path: Path) -> None:
     assert load_state(tmp_path, "a" * 64) is None
     save_state(tmp_path, ["a" * 64])  # type: ignore[arg-type]
     assert load_state(tmp_path, "a" * 64) is None
+
+
+def test_source_digest_follows_python_sources_only(tmp_path: Path) -> None:
+    from pipeline.checkpoint import source_digest
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    before = source_digest(tmp_path / "pkg")
+    (tmp_path / "pkg" / "notes.txt").write_text("not code")
+    (tmp_path / "pkg" / "__pycache__").mkdir()
+    (tmp_path / "pkg" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\x00")
+    assert source_digest(tmp_path / "pkg") == before
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    assert source_digest(tmp_path / "pkg") != before
+    assert len(source_digest()) == 64
