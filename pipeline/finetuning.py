@@ -32,7 +32,7 @@ from pipeline.objective import background_share, relevance_loss
 from pipeline.relevance.attnlrp import attnlrp
 from pipeline.relevance.maps import relevance_maps
 from pipeline.subset import read_subset, subset_ids
-from pipeline.training import Normalizer, autocast, joint_augment, predict, resolve_device, seed_everything, shuffled_batches
+from pipeline.training import Normalizer, accuracy, autocast, joint_augment, resolve_device, seed_everything, shuffled_batches
 
 
 @dataclass
@@ -53,21 +53,23 @@ class FinetuneOutcome:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _training_masks(config: FinetuneConfig, inputs: FinetuneInputs, data: ArraySplit, manifest: Any) -> np.ndarray:
+def _training_masks(config: FinetuneConfig, inputs: FinetuneInputs, data: ArraySplit, whole_objects: np.ndarray | None) -> np.ndarray:
     """(N, H, W) bool at image size: the masks relevance is pulled into (all-ones for plain runs)."""
     size = data.images.shape[1:3]
     objective = config.objective
     if not isinstance(objective, RelevanceObjective):
         return np.ones((len(data), *size), dtype=bool)
     if objective.masks == "object":
-        return object_masks(inputs.dataset, rows_by_id(manifest, data.image_ids))
+        if whole_objects is None:
+            raise ValueError(f"finetune.{config.method}: masks: object needs a part-annotated dataset; {inputs.dataset} has no object masks")
+        return whole_objects
     if inputs.masks is None:
         raise ValueError(f"finetune.{config.method}: concept masks are needed; pass the mask store (--masks)")
     return resize_masks(MaskStore(inputs.masks).union(data.image_ids), size)
 
 
 def _object_masks(inputs: FinetuneInputs, data: ArraySplit, manifest: Any) -> np.ndarray | None:
-    """Whole-object masks when the dataset is part-annotated (the world), for monitoring only."""
+    """Whole-object masks when the dataset is part-annotated (the world), else None."""
     try:
         return object_masks(inputs.dataset, rows_by_id(manifest, data.image_ids))
     except StoreError:
@@ -85,10 +87,6 @@ def overlay_indices(labels: np.ndarray, count: int) -> np.ndarray:
     return np.asarray(chosen, dtype=np.int64)
 
 
-def _accuracy(model: torch.nn.Module, normalizer: Normalizer, data: ArraySplit, device: torch.device, batch_size: int) -> float:
-    return float(np.mean(predict(model, normalizer, data, device, batch_size) == data.labels)) if len(data) else math.nan
-
-
 def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str | Path, progress: bool = True) -> FinetuneOutcome:
     train = config.train
     device = resolve_device(train.device)
@@ -98,7 +96,8 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
     data = load_images(manifest_path, subset_ids(subset, "finetune"), manifest)
     val_unseen = load_images(manifest_path, subset_ids(subset, "val", seen=False), manifest)
     val_seen = load_images(manifest_path, subset_ids(subset, "val", seen=True), manifest)
-    masks = _training_masks(config, inputs, data, manifest)
+    whole_objects = _object_masks(inputs, data, manifest)
+    masks = _training_masks(config, inputs, data, whole_objects)
 
     model, spec = load_model_artifact(inputs.base_model)
     if spec["class_names"] != subset_info["classes"]:
@@ -113,7 +112,6 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
     overlay = {"images": data.images[shown], "masks": masks[shown]}
     overlay["before"] = relevance_maps(model, normalizer, data.images[shown], data.labels[shown], device, train.eval_batch_size)
     mask_tensor = torch.from_numpy(masks)
-    whole_objects = _object_masks(inputs, data, manifest)
     monitor_masks = torch.from_numpy(whole_objects if whole_objects is not None else masks)
 
     run_fingerprint = fingerprint(
@@ -139,8 +137,8 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
         maps = relevance_maps(model, normalizer, data.images, data.labels, device, train.eval_batch_size)
         return {
             "train_background_share": float(background_share(torch.from_numpy(maps), monitor_masks).mean()),
-            "val_unseen_accuracy": _accuracy(model, normalizer, val_unseen, device, train.eval_batch_size),
-            "val_seen_accuracy": _accuracy(model, normalizer, val_seen, device, train.eval_batch_size),
+            "val_unseen_accuracy": accuracy(model, normalizer, val_unseen, device, train.eval_batch_size),
+            "val_seen_accuracy": accuracy(model, normalizer, val_seen, device, train.eval_batch_size),
         }
 
     if not curves:
