@@ -68,6 +68,20 @@ def _training_masks(config: FinetuneConfig, inputs: FinetuneInputs, data: ArrayS
     return resize_masks(MaskStore(inputs.masks).union(data.image_ids), size)
 
 
+def _with_masks(config: FinetuneConfig, inputs: FinetuneInputs, data: ArraySplit) -> ArraySplit:
+    """The images that have a usable concept mask (QC in `cft masks`); the others cannot guide relevance."""
+    objective = config.objective
+    if not isinstance(objective, RelevanceObjective) or objective.masks != "concepts" or inputs.masks is None:
+        return data
+    keep = MaskStore(inputs.masks).usable(data.image_ids)
+    if keep.all():
+        return data
+    if not keep.any():
+        raise ValueError(f"{inputs.masks}: no fine-tuning image has a usable concept mask (see masks.parquet)")
+    tqdm.write(f"finetune/{config.method}: {int((~keep).sum())} image(s) without a usable concept mask are left out (see {inputs.masks}/masks.parquet)")
+    return ArraySplit(data.images[keep], data.labels[keep], [i for i, k in zip(data.image_ids, keep, strict=True) if k])
+
+
 def _object_masks(inputs: FinetuneInputs, data: ArraySplit, manifest: Any) -> np.ndarray | None:
     """Whole-object masks when the dataset is part-annotated (the world), else None."""
     try:
@@ -93,7 +107,7 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
     manifest_path = inputs.dataset / "manifest.parquet"
     manifest = read_manifest(manifest_path)
     subset, subset_info = read_subset(inputs.subset)
-    data = load_images(manifest_path, subset_ids(subset, "finetune"), manifest)
+    data = _with_masks(config, inputs, load_images(manifest_path, subset_ids(subset, "finetune"), manifest))
     val_unseen = load_images(manifest_path, subset_ids(subset, "val", seen=False), manifest)
     val_seen = load_images(manifest_path, subset_ids(subset, "val", seen=True), manifest)
     whole_objects = _object_masks(inputs, data, manifest)

@@ -5,35 +5,50 @@ Layout of the artifact directory (every mask backend writes exactly this)::
     masks.zarr/                 zarr 3 group
         masks                   bool (N, K, H, W); chunk = one image (1, K, H, W), sharded
                                 (512 images per shard file, which keeps DVC transfers fast);
-                                slot k of row n is the k-th concept of image n's class; unused
-                                slots (classes with fewer than K concepts) are all False
+                                slot k of row n is the k-th concept of image n's class; a whole-object
+                                fallback mask, when used, follows the concepts; unused slots are False
         attrs: format_version, backend, resolution [H, W], max_concepts K,
-               image_ids (row order, = the manifest's image ids)
-    masks.parquet               one row per (image, concept slot):
+               image_ids (row order, = the subset's fine-tuning ids), provenance (backend-specific:
+               model files and their sha256, thresholds)
+    masks.parquet               one row per (image, used slot):
         image_id, row (int64), slot (int32), class_name, concept,
-        area_fraction (float32), score (float32, null if the backend has none),
-        flag: ok | empty (nothing found) | full (covers > 95 % of the image) | no_annotation
+        area_fraction (float32), score (float32, detection score; null if the backend has none),
+        boxes (int32, boxes found; null if the backend has none), flag (see FLAGS)
 
+Only slots flagged ``ok`` or ``fallback`` count as usable: ``MaskStore.union`` leaves the others
+out, and an image with no usable slot is reported by ``MaskStore.usable`` (fine-tuning skips it).
 Readers open single rows (one chunk per image), never the whole store.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
+from zarr.codecs import BloscCodec
 
-from pipeline.array_store import StoreError, open_array, open_store, read_rows, write_image_array
+from pipeline.array_store import DEFAULT_IMAGES_PER_SHARD, StoreError, open_array, open_store, read_rows
 from pipeline.atomic import write_with
 
 STORE_NAME = "masks.zarr"
 TABLE_NAME = "masks.parquet"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FULL_AREA = 0.95
+FLAGS = {
+    "ok": "a usable concept mask",
+    "fallback": "the whole-object mask, used because no concept of the image was found",
+    "no_box": "the detector found no box above the thresholds",
+    "empty": "boxes were found but the mask is empty",
+    "full": f"the mask covers more than {FULL_AREA:.0%} of the image (likely a failure)",
+    "no_annotation": "the data has no annotation for this concept",
+}
+USABLE_FLAGS = ("ok", "fallback")
 TABLE_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
@@ -43,6 +58,7 @@ TABLE_SCHEMA = pa.schema(
         ("concept", pa.string()),
         ("area_fraction", pa.float32()),
         ("score", pa.float32()),
+        ("boxes", pa.int32()),
         ("flag", pa.string()),
     ]
 )
@@ -54,53 +70,112 @@ class ImageMasks:
 
     image_id: str
     class_name: str
-    concepts: list[str]
+    concepts: list[str]  # with a fallback, the last entry is the whole-object prompt
     masks: np.ndarray  # (len(concepts), H, W) bool
     scores: list[float | None] = field(default_factory=list)
-    missing: list[bool] = field(default_factory=list)  # True: the backend has no way to find this concept
+    boxes: list[int | None] = field(default_factory=list)  # detector backends: boxes kept per concept
+    missing: list[bool] = field(default_factory=list)  # True: the data has no annotation for this concept
+    fallback: bool = False  # the last slot is the whole-object fallback
+
+    def flags(self) -> list[str]:
+        flags = []
+        for slot in range(len(self.concepts)):
+            area = float(self.masks[slot].mean()) if self.masks[slot].size else 0.0
+            if self.missing and self.missing[slot]:
+                flags.append("no_annotation")
+            elif self.boxes and self.boxes[slot] == 0:
+                flags.append("no_box")
+            elif area == 0.0:
+                flags.append("empty")
+            elif area > FULL_AREA:
+                flags.append("full")
+            else:
+                flags.append("fallback" if self.fallback and slot == len(self.concepts) - 1 else "ok")
+        return flags
+
+    def usable(self) -> bool:
+        return any(flag in USABLE_FLAGS for flag in self.flags())
 
 
-def _flag(area: float, missing: bool) -> str:
-    if missing:
-        return "no_annotation"
-    if area == 0.0:
-        return "empty"
-    return "full" if area > FULL_AREA else "ok"
+def write_mask_store(
+    out_dir: str | Path,
+    results: Iterable[ImageMasks],
+    resolution: tuple[int, int],
+    backend: str,
+    *,
+    image_count: int | None = None,
+    max_concepts: int | None = None,
+    provenance: dict[str, Any] | None = None,
+    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
+) -> pa.Table:
+    """Write the store and its table into ``out_dir``; returns the table (the QC report).
 
-
-def write_mask_store(out_dir: str | Path, results: list[ImageMasks], resolution: tuple[int, int], backend: str) -> pa.Table:
-    """Write the store and its table into ``out_dir``; returns the table (the QC report)."""
+    ``results`` may be a stream (a generator): with ``image_count`` and ``max_concepts`` given,
+    masks are written one shard at a time and never all held in memory.
+    """
     out_dir = Path(out_dir)
-    max_concepts = max((len(r.concepts) for r in results), default=1)
-    stacked = np.zeros((len(results), max_concepts, *resolution), dtype=bool)
+    if image_count is None or max_concepts is None:
+        results = list(results)
+        image_count = len(results)
+        max_concepts = max((len(r.concepts) for r in results), default=1)
+    resolution = (int(resolution[0]), int(resolution[1]))
+    per_shard = max(1, min(image_count, images_per_shard))
+    group = zarr.open_group(str(out_dir / STORE_NAME), mode="w")
+    array = group.create_array(
+        "masks",
+        shape=(image_count, max_concepts, *resolution),
+        dtype=bool,
+        chunks=(1, max_concepts, *resolution),
+        shards=(per_shard, max_concepts, *resolution),
+        compressors=BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),
+        fill_value=False,
+    )
     rows: dict[str, list] = {name: [] for name in TABLE_SCHEMA.names}
+    image_ids: list[str] = []
+    block = np.zeros((per_shard, max_concepts, *resolution), dtype=bool)
+
+    def flush(end: int) -> None:
+        start = (end - 1) // per_shard * per_shard
+        array[start:end] = block[: end - start]
+        block[...] = False
+
     for index, result in enumerate(results):
+        if index >= image_count:
+            raise StoreError(f"{out_dir}: more results than the {image_count} images announced")
         if result.masks.shape != (len(result.concepts), *resolution):
             raise StoreError(f"{result.image_id}: masks of shape {result.masks.shape}, expected {(len(result.concepts), *resolution)}")
-        stacked[index, : len(result.concepts)] = result.masks
+        if len(result.concepts) > max_concepts:
+            raise StoreError(f"{result.image_id}: {len(result.concepts)} masks, more than the store's {max_concepts} slots")
+        block[index % per_shard, : len(result.concepts)] = result.masks
+        image_ids.append(result.image_id)
         scores = result.scores or [None] * len(result.concepts)
-        missing = result.missing or [False] * len(result.concepts)
-        for slot, concept in enumerate(result.concepts):
-            area = float(result.masks[slot].mean())
+        boxes = result.boxes or [None] * len(result.concepts)
+        for slot, (concept, flag) in enumerate(zip(result.concepts, result.flags(), strict=True)):
             rows["image_id"].append(result.image_id)
             rows["row"].append(index)
             rows["slot"].append(slot)
             rows["class_name"].append(result.class_name)
             rows["concept"].append(concept)
-            rows["area_fraction"].append(area)
+            rows["area_fraction"].append(float(result.masks[slot].mean()))
             rows["score"].append(scores[slot])
-            rows["flag"].append(_flag(area, missing[slot]))
-    group = zarr.open_group(str(out_dir / STORE_NAME), mode="w")
+            rows["boxes"].append(boxes[slot])
+            rows["flag"].append(flag)
+        if (index + 1) % per_shard == 0:
+            flush(index + 1)
+    if len(image_ids) != image_count:
+        raise StoreError(f"{out_dir}: {len(image_ids)} results for the {image_count} images announced")
+    if image_count % per_shard:
+        flush(image_count)
     group.attrs.update(
         {
             "format_version": FORMAT_VERSION,
             "backend": backend,
             "resolution": list(resolution),
             "max_concepts": max_concepts,
-            "image_ids": [r.image_id for r in results],
+            "image_ids": image_ids,
+            "provenance": provenance or {},
         }
     )
-    write_image_array(group, "masks", stacked)
     table = pa.table(rows, schema=TABLE_SCHEMA)
     write_with(out_dir / TABLE_NAME, lambda tmp: pq.write_table(table, tmp))
     return table
@@ -114,7 +189,7 @@ class MaskStore:
         group = open_store(self.path / STORE_NAME)
         attrs = dict(group.attrs)
         if attrs.get("format_version") != FORMAT_VERSION:
-            raise StoreError(f"{self.path / STORE_NAME}: not a mask store of format {FORMAT_VERSION}")
+            raise StoreError(f"{self.path / STORE_NAME}: not a mask store of format {FORMAT_VERSION} (rerun `cft masks`)")
         self.backend: str = attrs["backend"]
         self.resolution: tuple[int, int] = tuple(attrs["resolution"])  # type: ignore[assignment]
         self.image_ids: list[str] = list(attrs["image_ids"])
@@ -124,6 +199,10 @@ class MaskStore:
         if not table_path.is_file():
             raise StoreError(f"{table_path}: mask table not found")
         self.table = pq.read_table(table_path)
+        self.provenance: dict[str, Any] = dict(attrs.get("provenance") or {})
+        usable = np.isin(np.asarray(self.table.column("flag").to_pylist(), dtype=object), USABLE_FLAGS)
+        self._usable_slots = np.zeros((len(self.image_ids), int(attrs["max_concepts"])), dtype=bool)
+        self._usable_slots[self.table.column("row").to_numpy()[usable], self.table.column("slot").to_numpy()[usable]] = True
 
     def rows(self, image_ids: list[str]) -> np.ndarray:
         missing = [i for i in image_ids if i not in self._row]
@@ -135,9 +214,18 @@ class MaskStore:
         """(n, K, H, W) bool: each image's per-concept masks (unused slots False)."""
         return read_rows(self._masks, self.rows(image_ids))
 
+    def usable_slots(self, image_ids: list[str]) -> np.ndarray:
+        """(n, K) bool: which slots hold a usable mask (flag ok or fallback)."""
+        return self._usable_slots[self.rows(image_ids)]
+
+    def usable(self, image_ids: list[str]) -> np.ndarray:
+        """(n,) bool: images with at least one usable mask."""
+        return self.usable_slots(image_ids).any(axis=1)
+
     def union(self, image_ids: list[str]) -> np.ndarray:
-        """(n, H, W) bool: the union of each image's concept masks."""
-        return self.concept_masks(image_ids).any(axis=1)
+        """(n, H, W) bool: the union of each image's usable masks (QC-flagged slots left out)."""
+        masks = self.concept_masks(image_ids)
+        return (masks & self.usable_slots(image_ids)[:, :, None, None]).any(axis=1)
 
     def flags(self) -> dict[str, int]:
         values, counts = np.unique(np.asarray(self.table.column("flag").to_pylist(), dtype=object), return_counts=True)

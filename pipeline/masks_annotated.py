@@ -16,12 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from PIL import Image
-
 from pipeline.array_store import StoreError
-from pipeline.datasets import load_images, read_arrays, rows_by_id
+from pipeline.datasets import read_arrays, rows_by_id
 from pipeline.mask_store import ImageMasks
-from pipeline.visualize import concept_label_map, contact_sheet
 
 PART_CATALOG = "world.json"
 
@@ -36,7 +33,17 @@ def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized.reshape(*masks.shape[:-2], *size).astype(masks.dtype)
 
 
-def annotated_masks(dataset_dir: str | Path, manifest: pa.Table, image_ids: list[str], concepts: dict[str, list[str]], resolution: int | None, progress: bool = True) -> tuple[list[ImageMasks], tuple[int, int]]:
+def annotated_masks(
+    dataset_dir: str | Path,
+    manifest: pa.Table,
+    image_ids: list[str],
+    concepts: dict[str, list[str]],
+    resolution: int | None,
+    on_all_missing: str = "object",
+    progress: bool = True,
+) -> tuple[list[ImageMasks], tuple[int, int]]:
+    """Concept masks from the part label maps; ``on_all_missing: object`` adds the whole object
+    (all parts) as a fallback slot to an image none of whose concepts is annotated or visible."""
     dataset_dir = Path(dataset_dir)
     catalog_path = dataset_dir / PART_CATALOG
     if not catalog_path.is_file():
@@ -57,12 +64,9 @@ def annotated_masks(dataset_dir: str | Path, manifest: pa.Table, image_ids: list
             missing.append(not found)
             if found:
                 masks[slot] = label_map == parts.index(concept.lower()) + 1
-        results.append(ImageMasks(image_id, class_name, wanted, resize_masks(masks, size), missing=missing))
+        result = ImageMasks(image_id, class_name, list(wanted), resize_masks(masks, size), missing=missing)
+        if on_all_missing == "object" and not result.usable():
+            whole = resize_masks((label_map > 0)[None], size)
+            result = ImageMasks(image_id, class_name, [*wanted, "whole object"], np.concatenate([result.masks, whole]), missing=[*missing, False], fallback=True)
+        results.append(result)
     return results, size
-
-
-def mask_sheet(dataset_dir: str | Path, manifest: pa.Table, results: list[ImageMasks]) -> Image.Image:
-    """Contact sheet of images over their concept masks (colour = concept slot), captioned by class."""
-    images = load_images(Path(dataset_dir) / "manifest.parquet", [r.image_id for r in results], manifest).images
-    labels = np.stack([resize_masks(concept_label_map(r.masks), images.shape[1:3]) for r in results])
-    return contact_sheet(images, [r.class_name for r in results], labels=labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -161,3 +162,33 @@ def concept_label_map(masks: np.ndarray) -> np.ndarray:
     for slot in range(masks.shape[0] - 1, -1, -1):
         labels[masks[slot]] = slot + 1
     return labels
+
+
+def concept_sheet(images: Sequence[np.ndarray], results: Sequence[Any], columns: int = 6, tile: int = 128) -> Image.Image:
+    """Images beside their concept masks, each concept in its colour and named below, with its QC flag.
+
+    ``results`` are ``ImageMasks`` (one per image): masks in any resolution, drawn at ``tile`` pixels.
+    """
+    lines = max((len(r.concepts) for r in results), default=0) + 1
+    line_h, gap = 11, 6
+    cell_w, cell_h = 2 * tile + gap, tile + lines * line_h + gap
+    rows = max(1, -(-len(results) // columns))
+    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for index, (image, result) in enumerate(zip(images, results, strict=True)):
+        x, y = (index % columns) * cell_w, (index // columns) * cell_h
+        picture = np.asarray(Image.fromarray(image).resize((tile, tile), Image.BILINEAR))
+        labels = np.asarray(Image.fromarray(concept_label_map(result.masks)).resize((tile, tile), Image.NEAREST))
+        colours = colorize_labels(labels).astype(np.float32)
+        blended = np.where(labels[..., None] > 0, 0.4 * picture + 0.6 * colours, 0.5 * picture).astype(np.uint8)
+        sheet.paste(Image.fromarray(picture), (x, y))
+        sheet.paste(Image.fromarray(blended), (x + tile + 2, y))
+        draw.text((x, y + tile), result.class_name[:40], fill="black", font=font)
+        for slot, (concept, flag) in enumerate(zip(result.concepts, result.flags(), strict=True)):
+            colour = tuple(int(c) for c in colorize_labels(np.array(slot + 1)))
+            text = concept if flag == "ok" else f"{concept} [{flag}]"
+            top = y + tile + (slot + 1) * line_h
+            draw.rectangle((x + 2, top + 2, x + 9, top + 9), fill=colour)  # swatch: yellow text would not read on white
+            draw.text((x + 13, top), text[:44], fill="black", font=font)
+    return sheet

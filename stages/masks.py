@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.atomic import atomic_directory
+from pipeline.atomic import atomic_directory, write_json
 from pipeline.config import MasksConfig, load_section
 from stages.common import PARAMS_OPTION, user_errors
 
@@ -17,24 +17,33 @@ def masks(
     subset: Path = typer.Option(Path("data/subset"), help="fine-tuning subset from `cft prepare`"),
     concepts: Path = typer.Option(Path("data/concepts"), help="concepts artifact from `cft concepts`"),
     out: Path = typer.Option(Path("data/masks"), help="mask store directory (fully rewritten)"),
-    sheet: Path = typer.Option(Path("plots/masks/masks.png"), help="contact sheet: images over their concept masks"),
+    work: Path = typer.Option(Path("checkpoints/masks"), help="finished parts of an interrupted run (grounded_sam; dvc persist)"),
+    sheet: Path = typer.Option(Path("plots/masks/masks.png"), help="contact sheet: images with their named concept masks"),
+    metrics: Path | None = typer.Option(None, help="QC summary JSON (flag counts, usable images)"),
 ) -> None:
-    """Segment every concept in every fine-tuning image (backend `annotated`: the data's part masks)."""
+    """Segment every concept in every fine-tuning image (backend `annotated`: the data's part masks;
+    `grounded_sam`: GroundingDINO boxes, then SAM masks)."""
     with user_errors():
         config = load_section(params, "masks", MasksConfig)
-        from pipeline.concepts import read_concepts
-        from pipeline.manifest import read_manifest
-        from pipeline.mask_store import write_mask_store
-        from pipeline.masks_annotated import annotated_masks, mask_sheet
-        from pipeline.subset import SUBSET_NAME, read_subset, subset_ids
-        from pipeline.visualize import save_png
+        from pipeline.mask_backends import build_mask_store
 
-        table, _ = read_subset(subset / SUBSET_NAME)
-        manifest = read_manifest(data / "manifest.parquet")
-        results, size = annotated_masks(data, manifest, subset_ids(table, "finetune"), read_concepts(concepts), config.resolution)
         with atomic_directory(out) as staging:
-            report = write_mask_store(staging, results, size, config.backend)
-        save_png(mask_sheet(data, manifest, results[:24]), sheet)
-    flags = report.column("flag").to_pylist()
-    counts = ", ".join(f"{flag} {flags.count(flag)}" for flag in sorted(set(flags)))
-    typer.echo(f"mask store {out}: {len(results)} images, {report.num_rows} concept masks at {size[0]}x{size[1]}; {counts}")
+            summary = build_mask_store(config, data, subset, concepts, staging, work, sheet)
+        if metrics is not None:
+            write_json(
+                metrics,
+                {
+                    "images": summary.images,
+                    "masks": summary.masks,
+                    "flags": summary.flags,
+                    "usable_images": summary.images - len(summary.unusable_images),
+                    "fallback_images": summary.flags.get("fallback", 0),
+                },
+            )
+    counts = ", ".join(f"{flag} {count}" for flag, count in summary.flags.items())
+    typer.echo(f"mask store {out}: {summary.images} images, {summary.masks} masks at {summary.resolution[0]}x{summary.resolution[1]}; {counts}")
+    if summary.unusable_images:
+        typer.secho(
+            f"{len(summary.unusable_images)} image(s) have no usable mask and will be skipped by fine-tuning, e.g. {summary.unusable_images[:3]} (see masks.parquet)",
+            fg=typer.colors.YELLOW,
+        )

@@ -180,13 +180,50 @@ def test_mask_store_round_trip(store: tuple[MaskStore, pa.Table, list[ImageMasks
     assert not stacked[0, 1:].any()
 
 
-def test_union_is_any_over_slots(store: tuple[MaskStore, pa.Table, list[ImageMasks]]) -> None:
+def test_union_is_any_over_usable_slots(store: tuple[MaskStore, pa.Table, list[ImageMasks]]) -> None:
+    """QC-flagged slots (full, empty, no_annotation) are left out of the union the loss uses."""
     masks, _, results = store
     union = masks.union(["img/b", "img/a", "img/c"])
     assert union.shape == (3, *RESOLUTION)
-    np.testing.assert_array_equal(union[0], results[1].masks.any(axis=0))
-    assert union[1].all()
+    np.testing.assert_array_equal(union[0], results[1].masks[0])  # "tail" is no_annotation
+    np.testing.assert_array_equal(union[1], results[0].masks[0])  # "fur" covers everything: full
     np.testing.assert_array_equal(union[2], results[2].masks[0])
+    np.testing.assert_array_equal(masks.usable_slots(["img/a"]), [[True, False, False]])
+    assert masks.usable(["img/a", "img/b", "img/c"]).all()
+
+
+def test_image_without_usable_mask_and_fallback_flag(tmp_path: Path) -> None:
+    full = np.ones((1, *RESOLUTION), dtype=bool)
+    whole = np.zeros((1, *RESOLUTION), dtype=bool)
+    whole[0, 1:3, 1:4] = True
+    results = [
+        ImageMasks("img/none", "cat", ["ears"], np.zeros((1, *RESOLUTION), bool), scores=[0.2], boxes=[0]),
+        ImageMasks("img/full", "cat", ["ears"], full, boxes=[2]),
+        ImageMasks("img/fb", "cat", ["ears", "cat"], np.concatenate([np.zeros((1, *RESOLUTION), bool), whole]), boxes=[0, 1], fallback=True),
+    ]
+    assert [r.flags() for r in results] == [["no_box"], ["full"], ["no_box", "fallback"]]
+    assert [r.usable() for r in results] == [False, False, True]
+    table = write_mask_store(tmp_path, results, RESOLUTION, backend="test")
+    assert table.column("boxes").to_pylist() == [0, 2, 0, 1]
+    store = MaskStore(tmp_path)
+    np.testing.assert_array_equal(store.usable(["img/none", "img/full", "img/fb"]), [False, False, True])
+    np.testing.assert_array_equal(store.union(["img/fb"])[0], whole[0])
+    assert not store.union(["img/full"]).any()
+
+
+def test_streamed_store_spans_shards(tmp_path: Path) -> None:
+    """A generator written shard by shard (3 images per shard) equals the list it came from."""
+    rng = np.random.default_rng(1)
+    results = [ImageMasks(f"img/{i}", "cat", ["a", "b"][: 1 + i % 2], rng.random((1 + i % 2, *RESOLUTION)) > 0.5) for i in range(8)]
+    table = write_mask_store(tmp_path, iter(results), RESOLUTION, "test", image_count=8, max_concepts=2, images_per_shard=3, provenance={"k": 1})
+    store = MaskStore(tmp_path)
+    assert store.provenance == {"k": 1}
+    assert table.num_rows == sum(len(r.concepts) for r in results)
+    for result, stored in zip(results, store.concept_masks([r.image_id for r in results]), strict=True):
+        np.testing.assert_array_equal(stored[: len(result.concepts)], result.masks)
+        assert not stored[len(result.concepts) :].any()
+    with pytest.raises(StoreError, match="7 results for the 8 images"):
+        write_mask_store(tmp_path / "short", iter(results[:7]), RESOLUTION, "test", image_count=8, max_concepts=2)
 
 
 def test_mask_table_and_flags(store: tuple[MaskStore, pa.Table, list[ImageMasks]]) -> None:

@@ -32,7 +32,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
     for name in listed:
-        if (REPO / name).is_file() and not name.startswith(("data/", "models/", "metrics/", "plots/")) and name != "dvc.lock":
+        if (REPO / name).is_file() and (name.startswith("data/weights/") or not name.startswith(("data/", "models/", "metrics/", "plots/"))) and name != "dvc.lock":
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -92,3 +92,50 @@ def test_concepts_param_change_reruns_concepts_but_not_masks_when_concepts_are_t
     assert "Running stage 'concepts'" in output
     for stage in ("prepare", "base", "masks", "finetune@cft", "evaluate"):
         assert f"Running stage '{stage}'" not in output
+
+
+# Outputs DVC caches (and so pushes): git ignores them; a clone gets them only from the remote.
+CACHED_OUTS = ("data/prepared", "data/subset", "data/concepts", "data/masks", "models/base", "models/finetune/cft", "models/finetune/plain")
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def assert_same_tree(pulled: Path, original: Path) -> None:
+    pulled_files, original_files = tree_bytes(pulled), tree_bytes(original)
+    assert sorted(pulled_files) == sorted(original_files), f"{pulled}: other files than {original}"
+    changed = [name for name in original_files if pulled_files[name] != original_files[name]]
+    assert not changed, f"{pulled}: differs from {original} in {changed[:5]}"
+
+
+def dvc_status(cwd: Path) -> dict:
+    output = run(["dvc", "status", "--json"], cwd)
+    return json.loads(next(line for line in output.splitlines() if line.startswith("{")))
+
+
+def test_outputs_pushed_to_a_remote_pull_into_a_clone_without_recomputing_masks(project: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    remote = tmp_path_factory.mktemp("remote")
+    run(["dvc", "remote", "add", "-d", "store", str(remote)], project)
+    git = ["git", "-c", "user.name=cft tests", "-c", "user.email=tests@cft.invalid"]
+    run([*git, "add", "-A"], project)
+    run([*git, "commit", "-q", "-m", "pipeline and its outputs"], project)
+    run(["dvc", "push"], project)
+    assert any(path.is_file() for path in remote.rglob("*"))
+
+    clone = tmp_path_factory.mktemp("clone") / "project"
+    run(["git", "clone", "-q", str(project), str(clone)], clone.parent)
+    # git brings dvc.lock, metrics/ and plots/ (DVC git-ignores only cached outputs, so `git add -A`
+    # committed the `cache: false` metrics and plots); the cached outputs must come from the remote.
+    for out in CACHED_OUTS:
+        assert not (clone / out).exists(), out
+    run(["dvc", "pull"], clone)
+    assert (clone / "data/masks/masks.zarr").is_dir() and (clone / "data/masks/masks.parquet").is_file()
+    for out in CACHED_OUTS:
+        assert_same_tree(clone / out, project / out)
+
+    # The resumable work folders (checkpoints/) are local scratch, not stage outputs: a clone
+    # without them is up to date, and `dvc repro` recomputes nothing (above all not the masks).
+    assert dvc_status(clone) == {}
+    output = run(["dvc", "repro"], clone)
+    assert "Running stage" not in output, output

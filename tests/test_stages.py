@@ -109,7 +109,7 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
     invoke("prepare", "--out", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"), "--metrics", str(tmp_path / "m/prepare.json"))
     invoke("base", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "models/base"), "--metrics", str(tmp_path / "m/base.json"), "--plots", str(tmp_path / "p/base"))
     invoke("concepts", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "concepts"))
-    output = invoke("masks", "--data", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"), "--concepts", str(tmp_path / "concepts"), "--out", str(tmp_path / "masks"), "--sheet", str(tmp_path / "p/masks.png"))
+    output = invoke("masks", "--data", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"), "--concepts", str(tmp_path / "concepts"), "--out", str(tmp_path / "masks"), "--work", str(tmp_path / "work"), "--sheet", str(tmp_path / "p/masks.png"))
     assert "ok " in output and (tmp_path / "p/masks.png").stat().st_size > 0
     for method in ("cft", "plain"):
         output = invoke(

@@ -1,0 +1,101 @@
+"""`cft masks` behind one interface: pick the backend, stream its results into the mask store,
+draw the contact sheet, and summarise the QC flags."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.concepts import read_concepts
+from pipeline.config import MasksConfig
+from pipeline.datasets import read_arrays, rows_by_id
+from pipeline.manifest import read_manifest
+from pipeline.mask_store import ImageMasks, write_mask_store
+from pipeline.subset import SUBSET_NAME, read_subset, subset_ids
+from pipeline.visualize import concept_sheet, save_png
+
+
+@dataclass
+class MaskSummary:
+    images: int
+    masks: int
+    resolution: tuple[int, int]
+    flags: dict[str, int]
+    unusable_images: list[str]
+    provenance: dict[str, Any]
+
+
+def build_mask_store(
+    config: MasksConfig,
+    dataset_dir: Path,
+    subset_dir: Path,
+    concepts_dir: Path,
+    out_dir: Path,
+    work_dir: Path,
+    sheet_path: Path | None,
+    sheet_images: int = 24,
+    progress: bool = True,
+) -> MaskSummary:
+    """Write the mask store of the subset's fine-tuning images into ``out_dir`` (a staging directory)."""
+    subset, _ = read_subset(subset_dir / SUBSET_NAME)
+    manifest = read_manifest(dataset_dir / "manifest.parquet")
+    image_ids = subset_ids(subset, "finetune")
+    rows = rows_by_id(manifest, image_ids, str(dataset_dir / "manifest.parquet"))
+    class_names = rows.column("class_name").to_pylist()
+    concepts = read_concepts(concepts_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)  # a declared output of the stage, empty for fast backends
+
+    def load_images(ids: list[str]) -> list[np.ndarray]:
+        return list(read_arrays(dataset_dir, rows_by_id(manifest, ids)))
+
+    if config.backend == "annotated":
+        from pipeline.masks_annotated import annotated_masks
+
+        results, resolution = annotated_masks(dataset_dir, manifest, image_ids, concepts, config.resolution, config.on_all_missing, progress)
+        stream: Iterator[ImageMasks] = iter(results)
+        slots = max((len(r.concepts) for r in results), default=1)
+        provenance: dict[str, Any] = {"source": "the dataset's part annotations"}
+    else:
+        from pipeline.masks_grounded import grounded_sam_masks, load_grounded_sam, slot_count
+
+        models = load_grounded_sam(config)
+        resolution = (config.resolution, config.resolution) if config.resolution else tuple(load_images(image_ids[:1])[0].shape[:2])
+        stream = grounded_sam_masks(models, config, image_ids, class_names, concepts, load_images, resolution, work_dir, progress)
+        slots = slot_count(config, class_names, concepts)
+        grounding = config.grounded_sam.grounding
+        provenance = {
+            **models.provenance,
+            "box_threshold": grounding.box_threshold,
+            "text_threshold": grounding.text_threshold,
+            "max_boxes": grounding.max_boxes,
+        }
+    provenance["on_all_missing"] = config.on_all_missing
+
+    shown = set(np.linspace(0, len(image_ids) - 1, min(sheet_images, len(image_ids))).round().astype(int).tolist()) if image_ids else set()
+    sample: list[ImageMasks] = []
+
+    def keep_sample(results: Iterator[ImageMasks]) -> Iterator[ImageMasks]:
+        for index, result in enumerate(results):
+            if index in shown:
+                sample.append(result)
+            yield result
+
+    table = write_mask_store(
+        out_dir, keep_sample(stream), resolution, config.backend, image_count=len(image_ids), max_concepts=slots, provenance=provenance
+    )
+    if sheet_path is not None and sample:
+        save_png(concept_sheet(load_images([r.image_id for r in sample]), sample), sheet_path)
+    flags = table.column("flag").to_pylist()
+    usable = {image_id for image_id, flag in zip(table.column("image_id").to_pylist(), flags, strict=True) if flag in ("ok", "fallback")}
+    return MaskSummary(
+        images=len(image_ids),
+        masks=table.num_rows,
+        resolution=resolution,
+        flags={flag: flags.count(flag) for flag in sorted(set(flags))},
+        unusable_images=[i for i in image_ids if i not in usable],
+        provenance=provenance,
+    )
