@@ -78,3 +78,30 @@ def load_images(manifest_path: str | Path, image_ids: list[str], table: pa.Table
         labels=rows.column("class_index").to_numpy().astype(np.int64),
         image_ids=list(image_ids),
     )
+
+
+def decode_image(path: Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB (grayscale, CMYK, palette and alpha images converted)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise StoreError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:  # PIL's truncated/corrupt files raise OSError
+        raise StoreError(f"{path}: not a readable image ({exc})") from None
+
+
+def load_image_list(manifest_dir: Path, rows: pa.Table) -> list[np.ndarray]:
+    """Each row's image, in row order, at its own size: array sources and image files alike."""
+    indices = rows.column("source_index").to_numpy()
+    sources = rows.column("source").to_pylist()
+    images: list[np.ndarray | None] = [None] * rows.num_rows
+    in_arrays = np.flatnonzero(indices >= 0)
+    if len(in_arrays):
+        for position, image in zip(in_arrays, read_arrays(manifest_dir, rows.take(pa.array(in_arrays))), strict=True):
+            images[position] = image
+    for position in np.flatnonzero(indices < 0):
+        images[position] = decode_image(manifest_dir / sources[position])
+    return images  # type: ignore[return-value]

@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.concepts import read_concepts
 from pipeline.config import MasksConfig
-from pipeline.datasets import read_arrays, rows_by_id
+from pipeline.datasets import load_image_list, rows_by_id
 from pipeline.manifest import read_manifest
 from pipeline.mask_store import ImageMasks, write_mask_store
 from pipeline.subset import SUBSET_NAME, read_subset, subset_ids
@@ -50,7 +50,7 @@ def build_mask_store(
     work_dir.mkdir(parents=True, exist_ok=True)  # a declared output of the stage, empty for fast backends
 
     def load_images(ids: list[str]) -> list[np.ndarray]:
-        return list(read_arrays(dataset_dir, rows_by_id(manifest, ids)))
+        return load_image_list(dataset_dir, rows_by_id(manifest, ids))
 
     if config.backend == "annotated":
         from pipeline.masks_annotated import annotated_masks

@@ -274,6 +274,20 @@ def test_sam_checkpoint_round_trip(sam: torch.nn.Module, tmp_path: Path) -> None
         load_sam(SamConfig(model_type="vit_b", checkpoint=path))  # tiny weights for a vit_b
 
 
+def test_full_size_vit_b_weights_load_through_params(tmp_path: Path) -> None:
+    """Real-size SAM vit_b with random weights, saved as a plain state dict like the published
+    sam_vit_b_01ec64.pth, loads back through load_sam with its checksum pinned."""
+    torch.manual_seed(0)
+    original = build_sam(SAM_ARCHITECTURES["vit_b"])
+    path = tmp_path / "sam_vit_b.pth"
+    torch.save(original.state_dict(), path)
+    loaded, provenance = load_sam(SamConfig(model_type="vit_b", checkpoint=path, sha256=file_sha256(path)))
+    assert provenance["sha256"] == file_sha256(path)
+    torch.testing.assert_close(loaded.image_encoder.pos_embed, original.image_encoder.pos_embed)
+    torch.testing.assert_close(loaded.mask_decoder.iou_prediction_head.layers[0].weight, original.mask_decoder.iou_prediction_head.layers[0].weight)
+    assert sum(p.numel() for p in loaded.parameters()) > 90_000_000
+
+
 def test_grounding_config_defaults_are_documented() -> None:
     config = GroundingDinoConfig()
     assert (config.box_threshold, config.text_threshold) == (0.35, 0.25)

@@ -207,10 +207,11 @@ def test_torn_part_file_is_recomputed(sam: torch.nn.Module, tmp_path: Path) -> N
         np.testing.assert_array_equal(a.masks, b.masks)
 
 
-def test_cft_masks_with_grounded_sam_from_params(tiny_world: Path, tmp_path: Path) -> None:
-    """The users' path: checkpoints and a GroundingDINO config named in params.yaml, SAM vit_b
-    (the real architecture, random weights saved like the published file), the stage CLI, the
-    store, its QC table and metrics, the contact sheet; a rerun resumes from the finished parts."""
+def test_cft_masks_with_grounded_sam_from_params(tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The users' path: checkpoints and a GroundingDINO config named in params.yaml, the stage CLI,
+    the store, its QC table and metrics, the contact sheet; a rerun resumes from the finished parts.
+    SAM's vit_b preset is swapped for the tiny architecture (a vit_b embedding takes 20 s on this
+    CPU); loading real-size vit_b weights is tested in test_grounding_models."""
     import json
 
     import yaml
@@ -238,6 +239,7 @@ def test_cft_masks_with_grounded_sam_from_params(tiny_world: Path, tmp_path: Pat
     dino = build_grounding_dino(tiny_grounding_config(text_encoder, config=str(config_file)))
     spread_scores(dino)
     torch.save({"model": dino.state_dict()}, tmp_path / "dino.pth")
+    monkeypatch.setitem(SAM_ARCHITECTURES, "vit_b", TINY_SAM)
     torch.save(build_sam(SAM_ARCHITECTURES["vit_b"]).state_dict(), tmp_path / "sam_vit_b.pth")
     params = {
         "masks": {
@@ -281,3 +283,24 @@ def test_cft_masks_with_grounded_sam_from_params(tiny_world: Path, tmp_path: Pat
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 2 and "sam_vit_b.pth: sha256" in result.output
+
+
+def test_image_files_decode_to_rgb_and_bad_files_are_named(tmp_path: Path) -> None:
+    """grounded_sam reads image files named by the manifest; corrupt ones stop with their path."""
+    import pyarrow as pa
+    from PIL import Image
+
+    from pipeline.array_store import StoreError
+    from pipeline.datasets import load_image_list
+
+    Image.fromarray(np.full((5, 7), 200, np.uint8), mode="L").save(tmp_path / "grey.png")
+    Image.new("CMYK", (4, 3), (0, 255, 0, 0)).save(tmp_path / "cmyk.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    rows = pa.table({"source": ["grey.png", "cmyk.jpg"], "source_index": [-1, -1]})
+    grey, cmyk = load_image_list(tmp_path, rows)
+    assert grey.shape == (5, 7, 3) and grey.dtype == np.uint8 and (grey == 200).all()
+    assert cmyk.shape == (3, 4, 3) and cmyk[0, 0, 0] > 200 and cmyk[0, 0, 1] < 50  # CMYK magenta ink -> RGB magenta
+    with pytest.raises(StoreError, match="broken.jpg: not a readable image"):
+        load_image_list(tmp_path, pa.table({"source": ["broken.jpg"], "source_index": [-1]}))
+    with pytest.raises(StoreError, match="gone.png: image file not found"):
+        load_image_list(tmp_path, pa.table({"source": ["gone.png"], "source_index": [-1]}))
