@@ -346,3 +346,33 @@ def test_resize_masks_nearest_and_dtype() -> None:
     up = resize_masks(masks[0, 0], (16, 16))
     np.testing.assert_array_equal(up, masks[0, 0].repeat(2, axis=0).repeat(2, axis=1))
     assert resize_masks(masks, (8, 8)) is masks
+
+
+def test_finetuning_leaves_out_images_without_a_usable_mask(tmp_path: Path) -> None:
+    from pipeline.config import FinetuneConfig, TrainSchedule
+    from pipeline.datasets import ArraySplit
+    from pipeline.finetuning import FinetuneInputs, _with_masks
+
+    found = np.zeros((1, *RESOLUTION), dtype=bool)
+    found[0, 1, 1] = True
+    results = [
+        ImageMasks("img/a", "cat", ["ears"], found),
+        ImageMasks("img/b", "cat", ["ears"], np.zeros((1, *RESOLUTION), bool), boxes=[0]),
+        ImageMasks("img/c", "cat", ["ears"], found.copy()),
+    ]
+    write_mask_store(tmp_path / "masks", results, RESOLUTION, "test")
+    data = ArraySplit(np.arange(3 * 2 * 2 * 3, dtype=np.uint8).reshape(3, 2, 2, 3), np.array([0, 1, 2]), ["img/a", "img/b", "img/c"])
+    inputs = FinetuneInputs(base_model=tmp_path, dataset=tmp_path, subset=tmp_path, masks=tmp_path / "masks")
+
+    def config(objective: dict) -> FinetuneConfig:
+        return FinetuneConfig(method="m", train=TrainSchedule(), objective=objective)
+
+    kept = _with_masks(config({"objective": "relevance"}), inputs, data)
+    assert kept.image_ids == ["img/a", "img/c"] and kept.labels.tolist() == [0, 2]
+    np.testing.assert_array_equal(kept.images, data.images[[0, 2]])
+    assert _with_masks(config({"objective": "labels"}), inputs, data) is data  # plain fine-tuning uses every image
+    assert _with_masks(config({"objective": "relevance", "masks": "object"}), inputs, data) is data
+    write_mask_store(tmp_path / "none", results[1:2], RESOLUTION, "test")
+    nothing = FinetuneInputs(base_model=tmp_path, dataset=tmp_path, subset=tmp_path, masks=tmp_path / "none")
+    with pytest.raises(ValueError, match="no fine-tuning image has a usable concept mask"):
+        _with_masks(config({"objective": "relevance"}), nothing, ArraySplit(data.images[1:2], data.labels[1:2], ["img/b"]))
