@@ -304,3 +304,14 @@ def test_image_files_decode_to_rgb_and_bad_files_are_named(tmp_path: Path) -> No
         load_image_list(tmp_path, pa.table({"source": ["broken.jpg"], "source_index": [-1]}))
     with pytest.raises(StoreError, match="gone.png: image file not found"):
         load_image_list(tmp_path, pa.table({"source": ["gone.png"], "source_index": [-1]}))
+
+
+def test_grounded_sam_params_need_checkpoints_and_a_class_placeholder() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"grounded_sam.grounding.checkpoint and grounded_sam.sam.checkpoint"):
+        MasksConfig(backend="grounded_sam")
+    with pytest.raises(ValidationError, match=r"must contain \{class\}"):
+        MasksConfig(object_prompt="a thing")
+    with pytest.raises(ValidationError, match="model_type"):
+        MasksConfig(grounded_sam={"sam": {"model_type": "vit_t"}})
