@@ -14,7 +14,7 @@ from pipeline.concepts import read_concepts
 from pipeline.config import MasksConfig
 from pipeline.datasets import load_image_list, rows_by_id
 from pipeline.manifest import read_manifest
-from pipeline.mask_store import ImageMasks, write_mask_store
+from pipeline.mask_store import USABLE_FLAGS, ImageMasks, write_mask_store
 from pipeline.subset import SUBSET_NAME, read_subset, subset_ids
 from pipeline.visualize import concept_sheet, save_png
 
@@ -90,7 +90,7 @@ def build_mask_store(
     if sheet_path is not None and sample:
         save_png(concept_sheet(load_images([r.image_id for r in sample]), sample), sheet_path)
     flags = table.column("flag").to_pylist()
-    usable = {image_id for image_id, flag in zip(table.column("image_id").to_pylist(), flags, strict=True) if flag in ("ok", "fallback")}
+    usable = {image_id for image_id, flag in zip(table.column("image_id").to_pylist(), flags, strict=True) if flag in USABLE_FLAGS}
     return MaskSummary(
         images=len(image_ids),
         masks=table.num_rows,
