@@ -47,7 +47,6 @@ def build_mask_store(
     rows = rows_by_id(manifest, image_ids, str(dataset_dir / "manifest.parquet"))
     class_names = rows.column("class_name").to_pylist()
     concepts = read_concepts(concepts_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)  # a declared output of the stage, empty for fast backends
 
     def load_images(ids: list[str]) -> list[np.ndarray]:
         return load_image_list(dataset_dir, rows_by_id(manifest, ids))

@@ -19,7 +19,7 @@ def finetune(
     subset: Path = typer.Option(Path("data/subset"), help="fine-tuning subset from `cft prepare`"),
     masks: Path | None = typer.Option(None, help="mask store from `cft masks` (relevance objectives with concept masks)"),
     out: Path = typer.Option(..., help="fine-tuned model artifact directory (fully rewritten)"),
-    checkpoints: Path = typer.Option(..., help="resumable training state (kept between runs; dvc persist)"),
+    checkpoints: Path = typer.Option(..., help="resumable training state (kept between runs; local scratch, not a DVC output)"),
     metrics: Path = typer.Option(..., help="summary metrics JSON"),
     plots: Path = typer.Option(..., help="curves (CSV, PNG) and the relevance overlay grid"),
 ) -> None:

@@ -17,7 +17,7 @@ def masks(
     subset: Path = typer.Option(Path("data/subset"), help="fine-tuning subset from `cft prepare`"),
     concepts: Path = typer.Option(Path("data/concepts"), help="concepts artifact from `cft concepts`"),
     out: Path = typer.Option(Path("data/masks"), help="mask store directory (fully rewritten)"),
-    work: Path = typer.Option(Path("checkpoints/masks"), help="finished parts of an interrupted run (grounded_sam; dvc persist)"),
+    work: Path = typer.Option(Path("checkpoints/masks"), help="finished parts of an interrupted run (grounded_sam; local scratch, not a DVC output)"),
     sheet: Path = typer.Option(Path("plots/masks/masks.png"), help="contact sheet: images with their named concept masks"),
     metrics: Path | None = typer.Option(None, help="QC summary JSON (flag counts, usable images)"),
 ) -> None:
