@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.config import BaseConfig
-from pipeline.datasets import ArraySplit, load_split
+from pipeline.datasets import ArraySplit, has_image_files, load_split
 from pipeline.manifest import classes_of, read_manifest
 from pipeline.models import create_model, preprocessing_of
+from pipeline.preprocess import InputTransform
 from pipeline.training import (
     Normalizer,
     accuracy,
@@ -59,15 +60,20 @@ def train_base(config: BaseConfig, manifest_path: str | Path, progress: bool = T
     generator = seed_everything(config.seed)
     device = resolve_device(config.device)
     cache: dict[str, ArraySplit] = {}
+    transform: InputTransform | None = None
 
     def split_data(name: str) -> ArraySplit:
         if name not in cache:
-            cache[name] = load_split(manifest_path, name, table)
+            cache[name] = load_split(manifest_path, name, table, transform)
         return cache[name]
 
-    image_size = split_data("test" if "test" in splits else splits[0]).images.shape[1]
+    # Image files are fed as the model's pretrained_cfg says; array datasets set the model's size.
+    files = has_image_files(table)
+    image_size = None if files else split_data("test" if "test" in splits else splits[0]).images.shape[1]
     model = create_model(config, len(class_names), image_size=image_size).to(device)
     preprocessing = preprocessing_of(model, image_size)
+    if files:
+        transform = InputTransform.from_preprocessing(preprocessing)
     normalizer = Normalizer(preprocessing["mean"], preprocessing["std"]).to(device)
 
     steps_per_phase = [math.ceil(len(split_data(p.split)) / config.batch_size) * p.epochs for p in config.phases]

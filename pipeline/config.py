@@ -78,21 +78,39 @@ class SubsetConfig(StrictConfig):
     and what plain fine-tuning forgets. A few validation images per class pick the best epoch.
     """
 
-    split: str = Field("train", description="split the fine-tuning images are drawn from")
-    val_split: str = Field("val", description="split the validation images are drawn from")
+    split: str = Field("train", description="split the fine-tuning images are drawn from (world)")
+    val_split: str = Field("val", description="split the validation images are drawn from (world; image folders: other images of the same folders)")
     seen_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of the classes fine-tuned on")
     images_per_class: int = Field(3, ge=1, description="fine-tuning images per seen class")
     val_images_per_class: int = Field(10, ge=1, description="validation images per class (seen and unseen)")
     seed: int = Field(0, ge=0)
 
 
+class ImageFolderConfig(StrictConfig):
+    """A ``root/<class_id>/<image>`` tree: ImageNet train, or a user's own data (nothing is copied)."""
+
+    root: str = Field(description="folder of class folders; relative paths are relative to the project")
+    class_names: str | None = Field(
+        None, description="class id -> readable name file (JSON object, or lines '<id> <name>'); null = ImageNet names for WordNet ids, else the folder names"
+    )
+    extensions: list[str] = Field(default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".webp"], description="image files, case-insensitive")
+    min_side: int = Field(32, ge=1, description="images with a shorter side are replaced (reported as tiny)")
+
+
 class PrepareConfig(StrictConfig):
     """``data`` section: where the images come from, and the fine-tuning subset."""
 
-    source: Literal["world"] = "world"
+    source: Literal["world", "imagefolder"] = "world"
     seed: int = Field(0, ge=0)
     world: WorldConfig = Field(default_factory=WorldConfig)
+    imagefolder: ImageFolderConfig | None = Field(None, description="used with source: imagefolder")
     subset: SubsetConfig = Field(default_factory=SubsetConfig)
+
+    @model_validator(mode="after")
+    def _imagefolder_needs_root(self) -> PrepareConfig:
+        if self.source == "imagefolder" and self.imagefolder is None:
+            raise ValueError("source imagefolder needs data.imagefolder.root (README: Real data)")
+        return self
 
 
 class TrainPhase(StrictConfig):
@@ -292,19 +310,54 @@ class FinetuneConfig(StrictConfig):
     objective: MethodConfig
 
 
-class EvaluateConfig(StrictConfig):
-    """``evaluate`` section."""
+BENCHMARK_KINDS = ("split", "imagefolder", "imagenet_v2", "imagenet_a", "imagenet_r", "objectnet", "si_score", "imagenet_segmentation")
+WORLD_BENCHMARKS = ("test", "random_bg", "swapped_bg", "rendition", "sketch", "pose_sweep", "scene")
 
-    splits: list[str] | None = Field(None, description="null = every split not used for training or selection")
-    relevance: bool = Field(True, description="also measure relevance mIoU against the object masks")
+
+class BenchmarkConfig(StrictConfig):
+    """One evaluation set: a split of the prepared dataset, or a benchmark on disk (README: Benchmarks)."""
+
+    kind: Literal["split", "imagefolder", "imagenet_v2", "imagenet_a", "imagenet_r", "objectnet", "si_score", "imagenet_segmentation"] = Field(
+        description="split: a split of the prepared dataset; the others: a dataset at `path` in its own layout"
+    )
+    path: str | None = Field(None, description="the benchmark's folder (gtsegs_ijcv.mat for imagenet_segmentation)")
+    split: str | None = Field(None, description="kind split: the manifest split; null = the benchmark's name")
+    limit: int | None = Field(None, ge=1, description="evaluate this many images, spread evenly over the benchmark (a quick look)")
+
+    @model_validator(mode="after")
+    def _path_for_datasets(self) -> BenchmarkConfig:
+        if self.kind == "split" and self.path is not None:
+            raise ValueError("kind split reads the prepared dataset; `path` is for benchmarks on disk")
+        if self.kind != "split" and self.path is None:
+            raise ValueError(f"kind {self.kind} needs `path` (README: Benchmarks)")
+        if self.kind != "split" and self.split is not None:
+            raise ValueError("`split` is only for kind split")
+        return self
+
+
+class EvaluateConfig(StrictConfig):
+    """``evaluate`` section: settings shared by every benchmark, and the benchmarks (one DVC stage each)."""
+
+    benchmarks: dict[str, BenchmarkConfig] = Field(
+        default_factory=lambda: {name: BenchmarkConfig(kind="split") for name in WORLD_BENCHMARKS},
+        description="name -> benchmark; `dvc repro` runs evaluate@<name> for each",
+    )
+    relevance: bool = Field(True, description="also measure relevance against object masks where a benchmark has them")
     relevance_target: Literal["predicted", "label"] = Field("predicted", description="class whose relevance is measured (predicted: the segmentation protocol)")
-    in_distribution: str = Field("test", description="split whose accuracy on unseen classes measures forgetting")
+    in_distribution: str | None = Field("test", description="benchmark whose accuracy on unseen classes measures forgetting; the others are out of distribution")
     batch_size: int = Field(256, ge=1)
     relevance_batch_size: int = Field(64, ge=1, description="relevance passes cost ~8 forward passes; small batches are faster on CPU")
-    relevance_images: int | None = Field(500, ge=1, description="relevance metrics on the first N images of each split; null = all")
-    overlay_split: str = Field("swapped_bg", description="split shown in the relevance overlay grid")
-    overlay_images: int = Field(8, ge=0)
+    relevance_images: int | None = Field(500, ge=1, description="relevance metrics on the first N images of each benchmark; null = all")
+    overlay_images: int = Field(8, ge=0, description="images in each benchmark's relevance overlay (benchmarks with masks)")
+    workers: int | None = Field(None, ge=0, description="decoding processes; null = up to 8 CPU cores, 0 = in the main process")
+    part_size: int = Field(2048, ge=1, description="resume granularity: results are saved after every this many images")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _known_in_distribution(self) -> EvaluateConfig:
+        if self.in_distribution is not None and self.in_distribution not in self.benchmarks:
+            raise ValueError(f"in_distribution {self.in_distribution!r} is not one of the benchmarks {sorted(self.benchmarks)}")
+        return self
 
 
 Config = TypeVar("Config", bound=StrictConfig)

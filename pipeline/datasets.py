@@ -1,15 +1,25 @@
-"""Loading manifest splits into memory as arrays (the world is small enough to hold whole)."""
+"""Loading manifest rows into memory as arrays at the model's input size.
+
+Array-store rows (the world) are already at the model's size. Image-file rows (image folders) are
+decoded and passed through the model's own evaluation transform (:mod:`pipeline.preprocess`);
+the fine-tuning subset is small (a few images per class), so it is held whole.
+"""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.array_store import StoreError, open_array, read_rows
 from pipeline.manifest import read_manifest, split_rows
+
+if TYPE_CHECKING:
+    from pipeline.preprocess import InputTransform
 
 
 @dataclass
@@ -42,13 +52,27 @@ def read_arrays(manifest_dir: Path, rows: pa.Table, name: str = "images") -> np.
     return images
 
 
-def load_split(manifest_path: str | Path, split: str, table: pa.Table | None = None) -> ArraySplit:
+def has_image_files(rows: pa.Table) -> bool:
+    return bool((rows.column("source_index").to_numpy() < 0).any())
+
+
+def read_images(manifest_dir: Path, rows: pa.Table, transform: InputTransform | None = None) -> np.ndarray:
+    """(N, S, S, 3) uint8 for ``rows``: array sources as stored, image files through ``transform``."""
+    if not has_image_files(rows):
+        return read_arrays(manifest_dir, rows)
+    if transform is None:
+        raise StoreError(f"{manifest_dir}: image-file rows need the model's input transform to be stacked")
+    decoded = load_image_list(manifest_dir, rows, transform)
+    return np.stack(decoded) if decoded else np.zeros((0, transform.size, transform.size, 3), dtype=np.uint8)
+
+
+def load_split(manifest_path: str | Path, split: str, table: pa.Table | None = None, transform: InputTransform | None = None) -> ArraySplit:
     """All images and labels of ``split``, in manifest order."""
     manifest_path = Path(manifest_path)
     table = table if table is not None else read_manifest(manifest_path)
     rows = split_rows(table, split)
     return ArraySplit(
-        images=read_arrays(manifest_path.parent, rows),
+        images=read_images(manifest_path.parent, rows, transform),
         labels=rows.column("class_index").to_numpy().astype(np.int64),
         image_ids=rows.column("image_id").to_pylist(),
     )
@@ -68,13 +92,13 @@ def rows_by_id(table: pa.Table, image_ids: list[str], name: str = "manifest") ->
     return table.take(pa.array([position[image_id] for image_id in image_ids], type=pa.int64()))
 
 
-def load_images(manifest_path: str | Path, image_ids: list[str], table: pa.Table | None = None) -> ArraySplit:
+def load_images(manifest_path: str | Path, image_ids: list[str], table: pa.Table | None = None, transform: InputTransform | None = None) -> ArraySplit:
     """Images and labels of ``image_ids`` (any splits), in that order."""
     manifest_path = Path(manifest_path)
     table = table if table is not None else read_manifest(manifest_path)
     rows = rows_by_id(table, image_ids, str(manifest_path))
     return ArraySplit(
-        images=read_arrays(manifest_path.parent, rows),
+        images=read_images(manifest_path.parent, rows, transform),
         labels=rows.column("class_index").to_numpy().astype(np.int64),
         image_ids=list(image_ids),
     )
@@ -93,8 +117,10 @@ def decode_image(path: Path) -> np.ndarray:
         raise StoreError(f"{path}: not a readable image ({exc})") from None
 
 
-def load_image_list(manifest_dir: Path, rows: pa.Table) -> list[np.ndarray]:
-    """Each row's image, in row order, at its own size: array sources and image files alike."""
+def load_image_list(manifest_dir: Path, rows: pa.Table, transform: InputTransform | None = None) -> list[np.ndarray]:
+    """Each row's image, in row order, at its own size (image files through ``transform`` when
+    given): array sources and image files alike. Files are decoded by a few threads (PIL releases
+    the GIL while decoding)."""
     indices = rows.column("source_index").to_numpy()
     sources = rows.column("source").to_pylist()
     images: list[np.ndarray | None] = [None] * rows.num_rows
@@ -102,6 +128,12 @@ def load_image_list(manifest_dir: Path, rows: pa.Table) -> list[np.ndarray]:
     if len(in_arrays):
         for position, image in zip(in_arrays, read_arrays(manifest_dir, rows.take(pa.array(in_arrays))), strict=True):
             images[position] = image
-    for position in np.flatnonzero(indices < 0):
-        images[position] = decode_image(manifest_dir / sources[position])
+    def decode(position: int) -> np.ndarray:
+        image = decode_image(manifest_dir / sources[position])
+        return image if transform is None else transform.image(image)
+
+    files = np.flatnonzero(indices < 0).tolist()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for position, image in zip(files, pool.map(decode, files), strict=True):
+            images[position] = image
     return images  # type: ignore[return-value]

@@ -1,4 +1,4 @@
-"""What `cft finetune` and `cft evaluate` write for people and for `dvc metrics` / `dvc plots`."""
+"""What `cft finetune` writes for people and for `dvc metrics` / `dvc plots`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.atomic import write_json
 from pipeline.finetuning import FinetuneOutcome
 from pipeline.reporting import write_csv
-from pipeline.visualize import grouped_bar_chart, line_chart, overlay_grid, save_png
+from pipeline.visualize import line_chart, overlay_grid, save_png
 
 
 def _finite(value: Any) -> Any:
@@ -28,21 +28,3 @@ def write_finetune_reports(outcome: FinetuneOutcome, metrics_path: str | Path, p
     if len(overlay["images"]):
         panels = [("training mask", overlay["masks"]), ("relevance before", overlay["before"]), (f"after (epoch {outcome.best_epoch})", overlay["after"])]
         save_png(overlay_grid(overlay["images"], panels), plots_dir / "relevance.png")
-
-
-def write_evaluation_reports(results: dict[str, dict[str, dict[str, float]]], summary: dict[str, dict[str, float]], metrics_path: str | Path, plots_dir: str | Path) -> None:
-    """``results[model][split]`` -> metrics JSON, long-format CSV, and charts per metric."""
-    plots_dir = Path(plots_dir)
-    write_json(metrics_path, {"summary": summary, "splits": results})
-    rows = [{"model": model, "split": split, **metrics} for model, per_split in results.items() for split, metrics in per_split.items()]
-    write_csv(plots_dir / "metrics.csv", rows)
-    splits = list(dict.fromkeys(split for per_split in results.values() for split in per_split))
-    for metric, label in (("accuracy", "accuracy"), ("accuracy_seen", "accuracy, seen classes"), ("accuracy_unseen", "accuracy, unseen classes"), ("miou", "relevance mIoU vs object")):
-        values = {split: {model: results[model][split].get(metric, np.nan) for model in results} for split in splits}
-        if all(np.isnan(v) for inner in values.values() for v in inner.values()):
-            continue
-        grouped_bar_chart(values, label, plots_dir / f"{metric}.png", ylabel=metric)
-
-
-def write_evaluation_overlay(images: np.ndarray, object_masks: np.ndarray, maps: dict[str, np.ndarray], captions: list[str], path: str | Path) -> None:
-    save_png(overlay_grid(images, [("object", object_masks), *maps.items()], captions), path)

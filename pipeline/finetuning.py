@@ -23,12 +23,13 @@ from tqdm import tqdm
 from pipeline.array_store import StoreError
 from pipeline.checkpoint import fingerprint, load_state, save_state, source_digest
 from pipeline.config import FinetuneConfig, RelevanceObjective
-from pipeline.datasets import ArraySplit, load_images, object_masks, rows_by_id
+from pipeline.datasets import ArraySplit, has_image_files, load_images, object_masks, rows_by_id
 from pipeline.manifest import read_manifest
 from pipeline.mask_store import MaskStore
 from pipeline.masks_annotated import resize_masks
 from pipeline.models import load_model_artifact
 from pipeline.objective import background_share, relevance_loss
+from pipeline.preprocess import InputTransform
 from pipeline.relevance.attnlrp import attnlrp
 from pipeline.relevance.maps import relevance_maps
 from pipeline.subset import read_subset, subset_ids
@@ -53,7 +54,7 @@ class FinetuneOutcome:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _training_masks(config: FinetuneConfig, inputs: FinetuneInputs, data: ArraySplit, whole_objects: np.ndarray | None) -> np.ndarray:
+def _training_masks(config: FinetuneConfig, inputs: FinetuneInputs, data: ArraySplit, whole_objects: np.ndarray | None, manifest: Any, transform: InputTransform | None) -> np.ndarray:
     """(N, H, W) bool at image size: the masks relevance is pulled into (all-ones for plain runs)."""
     size = data.images.shape[1:3]
     objective = config.objective
@@ -65,7 +66,16 @@ def _training_masks(config: FinetuneConfig, inputs: FinetuneInputs, data: ArrayS
         return whole_objects
     if inputs.masks is None:
         raise ValueError(f"finetune.{config.method}: concept masks are needed; pass the mask store (--masks)")
-    return resize_masks(MaskStore(inputs.masks).union(data.image_ids), size)
+    return align_masks(MaskStore(inputs.masks).union(data.image_ids), rows_by_id(manifest, data.image_ids), transform, size)
+
+
+def align_masks(masks: np.ndarray, rows: Any, transform: InputTransform | None, size: tuple[int, int]) -> np.ndarray:
+    """Stored masks -> the model's input geometry: image files go through their image's own
+    resize and crop (the store keeps them stretched to a square); array images are resized."""
+    if transform is None:
+        return resize_masks(masks, size)
+    heights, widths = rows.column("height").to_pylist(), rows.column("width").to_pylist()
+    return np.stack([transform.mask(mask, height, width) for mask, height, width in zip(masks, heights, widths, strict=True)])
 
 
 def _with_masks(config: FinetuneConfig, inputs: FinetuneInputs, data: ArraySplit) -> ArraySplit:
@@ -90,6 +100,10 @@ def _object_masks(inputs: FinetuneInputs, data: ArraySplit, manifest: Any) -> np
         return None
 
 
+def _shown(names: list[str]) -> str:
+    return str(names) if len(names) <= 6 else f"[{', '.join(names[:3])}, ... {len(names)} in all]"
+
+
 def overlay_indices(labels: np.ndarray, count: int) -> np.ndarray:
     """Up to ``count`` image indices taking the classes in turn, so the picture shows every class."""
     per_class = [np.flatnonzero(labels == label).tolist() for label in dict.fromkeys(labels.tolist())]
@@ -107,15 +121,15 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
     manifest_path = inputs.dataset / "manifest.parquet"
     manifest = read_manifest(manifest_path)
     subset, subset_info = read_subset(inputs.subset)
-    data = _with_masks(config, inputs, load_images(manifest_path, subset_ids(subset, "finetune"), manifest))
-    val_unseen = load_images(manifest_path, subset_ids(subset, "val", seen=False), manifest)
-    val_seen = load_images(manifest_path, subset_ids(subset, "val", seen=True), manifest)
-    whole_objects = _object_masks(inputs, data, manifest)
-    masks = _training_masks(config, inputs, data, whole_objects)
-
     model, spec = load_model_artifact(inputs.base_model)
     if spec["class_names"] != subset_info["classes"]:
-        raise ValueError(f"{inputs.base_model}: the model's classes {spec['class_names']} differ from the dataset's {subset_info['classes']}")
+        raise ValueError(f"{inputs.base_model}: the model's classes {_shown(spec['class_names'])} differ from the dataset's {_shown(subset_info['classes'])}")
+    transform = InputTransform.from_preprocessing(spec["preprocessing"]) if has_image_files(manifest) else None
+    data = _with_masks(config, inputs, load_images(manifest_path, subset_ids(subset, "finetune"), manifest, transform))
+    val_unseen = load_images(manifest_path, subset_ids(subset, "val", seen=False), manifest, transform)
+    val_seen = load_images(manifest_path, subset_ids(subset, "val", seen=True), manifest, transform)
+    whole_objects = _object_masks(inputs, data, manifest)
+    masks = _training_masks(config, inputs, data, whole_objects, manifest, transform)
     model = model.to(device)
     normalizer = Normalizer(spec["preprocessing"]["mean"], spec["preprocessing"]["std"]).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)

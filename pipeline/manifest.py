@@ -16,7 +16,8 @@ split          string    e.g. train, test, or an out-of-distribution split
 
 Sources may add columns (the world adds ``background_class``, ``rendering``, ``factor`` and
 ``factor_value``). The ordered class list is stored in the parquet schema metadata under
-``cft.classes`` (JSON), so class indices mean the same thing in every later stage.
+``cft.classes`` (JSON), so class indices mean the same thing in every later stage; image folders
+also store ``cft.readable_names`` (class id -> the name used in prompts).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ REQUIRED_COLUMNS: dict[str, pa.DataType] = {
     "class_name": pa.string(),
     "split": pa.string(),
 }
+MANIFEST_NAME = "manifest.parquet"
 CLASSES_KEY = b"cft.classes"
+READABLE_NAMES_KEY = b"cft.readable_names"  # optional: class name -> name used in prompts (image folders)
 
 
 class ManifestError(ValueError):
@@ -60,6 +63,12 @@ def classes_of(table: pa.Table) -> list[str]:
     if CLASSES_KEY not in metadata:
         raise ManifestError("manifest has no class list in its metadata (key 'cft.classes')")
     return list(json.loads(metadata[CLASSES_KEY]))
+
+
+def readable_names_of(table: pa.Table) -> dict[str, str] | None:
+    """The dataset's own readable class names (from a class-name file), if it has them."""
+    raw = (table.schema.metadata or {}).get(READABLE_NAMES_KEY)
+    return json.loads(raw) if raw else None
 
 
 def validate(table: pa.Table, name: str) -> None:

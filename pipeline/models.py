@@ -78,6 +78,10 @@ def preprocessing_of(model: torch.nn.Module, image_size: int | None) -> dict[str
     from timm.data import resolve_model_data_config
 
     data_config = resolve_model_data_config(model)
+    built_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if image_size is None and built_size is not None and tuple(built_size) != tuple(data_config["input_size"][1:]):
+        # img_size in model_kwargs (e.g. DINOv2 at 224 instead of 518): the input follows the model built
+        data_config["input_size"] = (3, *built_size)
     if image_size is not None:
         data_config["input_size"] = (3, image_size, image_size)
         data_config["crop_pct"] = 1.0

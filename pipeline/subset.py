@@ -49,6 +49,15 @@ def _draw(rows: pa.Table, class_index: int, count: int, rng: np.random.Generator
     return sorted(rng.permutation(candidates)[:count].tolist())
 
 
+def _seen_rng(config: SubsetConfig) -> np.random.Generator:
+    return np.random.default_rng([config.seed, 0x5B5E7])
+
+
+def draw_seen_classes(num_classes: int, config: SubsetConfig) -> list[int]:
+    """The seeded, sorted indices of the classes fine-tuned on."""
+    return sorted(_seen_rng(config).permutation(num_classes)[: seen_class_count(num_classes, config.seen_fraction)].tolist())
+
+
 def select_subset(manifest: pa.Table, config: SubsetConfig) -> pa.Table:
     """Draw the subset reproducibly from ``config.seed`` (independent of the data seed)."""
     classes = classes_of(manifest)
@@ -56,22 +65,31 @@ def select_subset(manifest: pa.Table, config: SubsetConfig) -> pa.Table:
     for split in (config.split, config.val_split):
         if split not in splits:
             raise SubsetError(f"data.subset: split '{split}' is not in the dataset (splits: {sorted(splits)})")
-    rng = np.random.default_rng([config.seed, 0x5B5E7])
+    rng = _seen_rng(config)
     seen = sorted(rng.permutation(len(classes))[: seen_class_count(len(classes), config.seen_fraction)].tolist())
     train_rows, val_rows = split_rows(manifest, config.split), split_rows(manifest, config.val_split)
+    picked = [train_rows.take(_draw(train_rows, index, config.images_per_class, rng, config.split, classes[index])) for index in seen]
+    picked += [val_rows.take(_draw(val_rows, index, config.val_images_per_class, rng, config.val_split, classes[index])) for index in range(len(classes))]
+    roles = ["finetune"] * len(seen) + ["val"] * len(classes)
+    return _table(classes, seen, picked, roles, config)
+
+
+def subset_table(manifest: pa.Table, seen: list[int], config: SubsetConfig) -> pa.Table:
+    """The subset of a manifest that holds only chosen images: split ``train`` is fine-tuned on, ``val`` validates."""
+    classes = classes_of(manifest)
+    return _table(classes, seen, [split_rows(manifest, "train"), split_rows(manifest, "val")], ["finetune", "val"], config)
+
+
+def _table(classes: list[str], seen: list[int], picked: list[pa.Table], roles: list[str], config: SubsetConfig) -> pa.Table:
     columns: dict[str, list[Any]] = {"image_id": [], "class_index": [], "class_name": [], "role": [], "seen": []}
-
-    def add(rows: pa.Table, picked: list[int], role: str, class_index: int) -> None:
-        columns["image_id"] += [rows.column("image_id")[i].as_py() for i in picked]
-        columns["class_index"] += [class_index] * len(picked)
-        columns["class_name"] += [classes[class_index]] * len(picked)
-        columns["role"] += [role] * len(picked)
-        columns["seen"] += [class_index in seen] * len(picked)
-
-    for class_index in seen:
-        add(train_rows, _draw(train_rows, class_index, config.images_per_class, rng, config.split, classes[class_index]), "finetune", class_index)
-    for class_index in range(len(classes)):
-        add(val_rows, _draw(val_rows, class_index, config.val_images_per_class, rng, config.val_split, classes[class_index]), "val", class_index)
+    seen_set = set(seen)
+    for rows, role in zip(picked, roles, strict=True):
+        indices = rows.column("class_index").to_pylist()
+        columns["image_id"] += rows.column("image_id").to_pylist()
+        columns["class_index"] += indices
+        columns["class_name"] += [classes[i] for i in indices]
+        columns["role"] += [role] * len(indices)
+        columns["seen"] += [i in seen_set for i in indices]
     metadata = {
         "seen_classes": [classes[i] for i in seen],
         "unseen_classes": [name for i, name in enumerate(classes) if i not in seen],

@@ -10,6 +10,7 @@ from stages.evaluate import evaluate
 from stages.finetune import finetune
 from stages.masks import masks
 from stages.prepare import prepare
+from stages.report import report
 
 app = typer.Typer(
     name="cft",
@@ -24,6 +25,7 @@ app.command(name="concepts")(concepts)
 app.command(name="masks")(masks)
 app.command(name="finetune")(finetune)
 app.command(name="evaluate")(evaluate)
+app.command(name="report")(report)
 
 if __name__ == "__main__":
     app()

@@ -1,8 +1,9 @@
-"""`cft evaluate`: every model on every split, accuracy (seen/unseen classes) and relevance mIoU."""
+"""`cft evaluate <benchmark>`: the base and every fine-tuned model on one benchmark of `evaluate.benchmarks`."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -11,52 +12,79 @@ from stages.common import PARAMS_OPTION, user_errors
 
 
 def evaluate(
+    benchmark: str = typer.Argument(..., help="a benchmark name under evaluate.benchmarks in the params file"),
     params: Path = PARAMS_OPTION,
     base: Path = typer.Option(Path("models/base"), help="the base model: the reference for forgetting"),
     finetuned: Path = typer.Option(Path("models/finetune"), help="one model artifact per method of `finetune.methods`"),
-    data: Path = typer.Option(Path("data/prepared"), help="dataset artifact from `cft prepare`"),
+    data: Path = typer.Option(Path("data/prepared"), help="dataset artifact from `cft prepare` (kind split reads it)"),
     subset: Path = typer.Option(Path("data/subset"), help="fine-tuning subset (which classes are seen)"),
-    metrics: Path = typer.Option(Path("metrics/evaluate.json"), help="metrics JSON per model and split"),
-    plots: Path = typer.Option(Path("plots/evaluate"), help="CSV and charts"),
+    out: Path = typer.Option(None, help="predictions per image; default results/evaluate/<benchmark>"),
+    metrics: Path = typer.Option(None, help="metrics JSON; default metrics/evaluate/<benchmark>.json"),
+    plots: Path = typer.Option(None, help="pictures and CSVs; default plots/evaluate/<benchmark>"),
+    work: Path = typer.Option(None, help="finished parts, for resuming (local scratch); default checkpoints/evaluate/<benchmark>"),
 ) -> None:
-    """Compare the base model and every fine-tuning method of `finetune.methods`, split by split."""
+    """Accuracy per protocol (seen/unseen classes) and relevance scores where the benchmark has masks."""
     with user_errors():
         config = load_section(params, "evaluate", EvaluateConfig)
+        if benchmark not in config.benchmarks:
+            raise ValueError(f"{params}: no benchmark '{benchmark}' under evaluate.benchmarks; defined: {sorted(config.benchmarks)}")
+        out = out or Path("results/evaluate") / benchmark
+        metrics = metrics or Path("metrics/evaluate") / f"{benchmark}.json"
+        plots = plots or Path("plots/evaluate") / benchmark
+        work = work or Path("checkpoints/evaluate") / benchmark
         methods = (read_params(params).get("finetune") or {}).get("methods") or []
-        named = {"base": base, **{method: finetuned / method for method in methods}}
-        from pipeline.evaluation import evaluate_models, evaluation_splits, overlay_sample, summarise
-        from pipeline.finetune_reports import write_evaluation_overlay, write_evaluation_reports
-        from pipeline.manifest import read_manifest
-        from pipeline.models import load_model_artifact
-        from pipeline.subset import SUBSET_NAME, read_subset
-        from pipeline.training import resolve_device
-
-        device = resolve_device(config.device)
-        manifest_path = data / "manifest.parquet"
-        manifest = read_manifest(manifest_path)
-        _, info = read_subset(subset / SUBSET_NAME)
-        seen = {info["classes"].index(name) for name in info["seen_classes"]}
-        used = {info["config"]["split"], info["config"]["val_split"], "pretrain"}
-        splits = evaluation_splits(config, sorted(set(manifest.column("split").to_pylist()), key=_split_order), used)
-        models = {}
-        for name, directory in named.items():
-            loaded, spec = load_model_artifact(directory)
-            if spec["class_names"] != info["classes"]:
-                raise ValueError(f"{directory}: the model's classes differ from the dataset's")
-            models[name] = (loaded.to(device), spec)
-        results = evaluate_models(models, manifest_path, manifest, splits, seen, config, device)
-        reference = next(iter(models))
-        summary = summarise(results, config.in_distribution, reference)
-        write_evaluation_reports(results, summary, metrics, plots)
-        if config.overlay_images and config.overlay_split in splits:
-            images, masks, maps, captions = overlay_sample(models, manifest_path, manifest, config.overlay_split, config.overlay_images, device)
-            write_evaluation_overlay(images, masks, maps, captions, plots / "relevance.png")
-    for name, row in summary.items():
-        shown = ", ".join(f"{key} {value:.3f}" for key, value in row.items())
-        typer.echo(f"{name}: {shown}")
+        model_dirs = {"base": base, **{method: finetuned / method for method in methods}}
+        summary = _evaluate(benchmark, config, model_dirs, data, subset, out, metrics, plots, work)
+    for model, row in summary.items():
+        shown = ", ".join(f"{key} {value:.3f}" for key, value in row.items() if isinstance(value, float))
+        typer.echo(f"{benchmark} / {model}: {shown}")
 
 
-def _split_order(split: str) -> tuple[int, str]:
-    from pipeline.config import WORLD_SPLITS
+def _evaluate(name: str, config: EvaluateConfig, model_dirs: dict[str, Path], data: Path, subset: Path, out: Path, metrics: Path, plots: Path, work: Path) -> dict[str, Any]:
+    from pipeline.benchmarks.reports import benchmark_info, write_benchmark_results, write_overlay
+    from pipeline.benchmarks.runner import ModelUnderTest, relevance_support, run_benchmark, run_fingerprint, run_metrics
+    from pipeline.benchmarks.sources import open_source
+    from pipeline.manifest import read_manifest
+    from pipeline.models import load_model_artifact
+    from pipeline.preprocess import InputTransform
+    from pipeline.subset import SUBSET_NAME, read_subset
+    from pipeline.training import Normalizer, resolve_device
 
-    return (WORLD_SPLITS.index(split) if split in WORLD_SPLITS else len(WORLD_SPLITS), split)
+    benchmark = config.benchmarks[name]
+    device = resolve_device(config.device)
+    _, info = read_subset(subset / SUBSET_NAME)
+    models: list[ModelUnderTest] = []
+    specs = []
+    for model_name, directory in model_dirs.items():
+        model, spec = load_model_artifact(directory)
+        if spec["class_names"] != info["classes"]:
+            raise ValueError(f"{directory}: the model's classes differ from the dataset's ({subset / SUBSET_NAME})")
+        models.append(ModelUnderTest(model_name, model.to(device).eval(), Normalizer(spec["preprocessing"]["mean"], spec["preprocessing"]["std"]).to(device)))
+        specs.append(spec)
+    transforms = {InputTransform.from_preprocessing(spec["preprocessing"]) for spec in specs}
+    if len(transforms) > 1:
+        raise ValueError(f"the models {list(model_dirs)} resize or crop differently ({transforms}); evaluate them in separate runs")
+    transform = transforms.pop()
+    class_names = specs[0]["class_names"]
+    seen = {class_names.index(c) for c in info["seen_classes"]}
+    manifest_path = data / "manifest.parquet"
+    manifest = read_manifest(manifest_path) if benchmark.kind == "split" else None
+    source = open_source(name, benchmark, class_names, transform, manifest_path, manifest, config.relevance)
+    if source.has_masks and config.relevance:
+        relevance_support(models, device, transform.size)
+    settings = {
+        "benchmark": benchmark.model_dump(),
+        "relevance": config.relevance,
+        "relevance_target": config.relevance_target,
+        "relevance_images": config.relevance_images,
+        "part_size": config.part_size,
+        "models": list(model_dirs),
+    }
+    listing = source.images.files if source.images is not None else [str(len(source))]
+    fingerprint = run_fingerprint(list(model_dirs.values()), settings, listing)
+    run = run_benchmark(source, models, seen, config, work, fingerprint, device)
+    results = run_metrics(source, run, seen)
+    write_benchmark_results(source, run, results, benchmark_info(source, {"path": benchmark.path, "limit": benchmark.limit}), metrics, out, plots)
+    if config.overlay_images and source.has_masks and config.relevance:
+        write_overlay(source, models, config.overlay_images, device, plots / "relevance.png")
+    return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -17,23 +18,51 @@ def prepare(
     out: Path = typer.Option(Path("data/prepared"), help="dataset artifact directory (fully rewritten)"),
     subset: Path = typer.Option(Path("data/subset"), help="fine-tuning subset artifact directory (fully rewritten)"),
     metrics: Path = typer.Option(Path("metrics/prepare.json"), help="summary metrics JSON"),
-    workers: int = typer.Option(0, help="rendering processes; 0 = up to 4 CPU cores"),
+    workers: int = typer.Option(0, help="rendering processes (world) or decoding threads (image folder); 0 = automatic"),
 ) -> None:
-    """Build the dataset: the built-in world (`data.source: world`), its manifest and contact sheets."""
+    """Build the dataset: the built-in world (`data.source: world`) or an image folder (`imagefolder`)."""
     with user_errors():
         config = load_section(params, "data", PrepareConfig)
-        from pipeline.world.build import build_world
+        from pipeline.subset import SUBSET_NAME, write_subset
 
-        from pipeline.manifest import read_manifest
-        from pipeline.subset import SUBSET_NAME, select_subset, write_subset
-
-        with atomic_directory(out) as staging:
-            summary = build_world(config, staging, workers=workers or None)
-        chosen = select_subset(read_manifest(out / "manifest.parquet"), config.subset)
+        if config.source == "imagefolder":
+            chosen, metrics_row, lines = _imagefolder(config, out, workers)
+        else:
+            chosen, metrics_row, lines = _world(config, out, workers)
         with atomic_directory(subset) as staging:
             write_subset(staging / SUBSET_NAME, chosen)
         seen = json.loads(chosen.schema.metadata[b"cft.subset"])["seen_classes"]
-        write_json(metrics, {"splits": summary["splits"], "subset": {"seen_classes": seen, "finetune_images": chosen.column("role").to_pylist().count("finetune")}})
+        write_json(metrics, {**metrics_row, "subset": {"seen_classes": len(seen), "finetune_images": chosen.column("role").to_pylist().count("finetune")}})
+    for line in lines:
+        typer.echo(line)
+    shown = ", ".join(seen[:10]) + (f", ... ({len(seen)} in all)" if len(seen) > 10 else "")
+    typer.echo(f"fine-tuning subset {subset}: seen classes {shown}")
+
+
+def _world(config: PrepareConfig, out: Path, workers: int) -> tuple[Any, dict[str, Any], list[str]]:
+    from pipeline.manifest import read_manifest
+    from pipeline.subset import select_subset
+    from pipeline.world.build import build_world
+
+    with atomic_directory(out) as staging:
+        summary = build_world(config, staging, workers=workers or None)
+    chosen = select_subset(read_manifest(out / "manifest.parquet"), config.subset)
     counts = ", ".join(f"{split} {info['images']}" for split, info in summary["splits"].items())
-    typer.echo(f"prepared {out}: {len(summary['classes'])} classes; {counts}")
-    typer.echo(f"fine-tuning subset {subset}: seen classes {seen}")
+    return chosen, {"splits": summary["splits"]}, [f"prepared {out}: {len(summary['classes'])} classes; {counts}"]
+
+
+def _imagefolder(config: PrepareConfig, out: Path, workers: int) -> tuple[Any, dict[str, Any], list[str]]:
+    from pipeline.imagefolder import select_imagefolder, write_imagefolder
+
+    assert config.imagefolder is not None  # the config validator requires it
+    manifest, chosen, report = select_imagefolder(config.imagefolder, config.subset, out, workers or None)
+    with atomic_directory(out) as staging:
+        write_imagefolder(staging, manifest, report)
+    replaced = sum(report["replaced"].values())
+    lines = [
+        f"prepared {out}: {report['classes']} classes from {report['root']}; {report['finetune_images']} fine-tuning and "
+        f"{report['val_images']} validation images (nothing copied: the manifest points at the files)",
+        f"checked {report['checked']} files: {replaced} replaced {report['replaced']}, kept and read as RGB {report['converted']} (details: {out}/report.json)",
+    ]
+    keys = ("classes", "seen_classes", "finetune_images", "val_images", "checked", "replaced", "converted")
+    return chosen, {"imagefolder": {key: report[key] for key in keys}}, lines

@@ -1,10 +1,12 @@
-"""An explicit, layer-by-layer AttnLRP for timm ViTs, written for the tests in *relevance* form.
+"""An explicit, layer-by-layer AttnLRP for timm ViTs and ConvNeXt-V2, written for the tests in *relevance* form.
 
 It shares no code with ``pipeline.relevance``: every rule is the textbook formula that divides
 output relevance by activations (ε = 0), which is slow but obviously the rule itself.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -120,3 +122,122 @@ def _prefix_tokens(model: nn.Module, batch: int) -> torch.Tensor:
     if model.reg_token is not None:
         parts.append(model.reg_token.expand(batch, -1, -1))
     return torch.cat(parts, dim=1)
+
+
+# --- ConvNeXt(-V2) ------------------------------------------------------------------------------
+# Same spirit: the forward pass is written out in NCHW from the modules' parameters (channels-last
+# blocks included, so the rules' layout handling is checked too), and every backward step is the
+# relevance-form ε-rule of one operation.
+
+Backward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _conv(x: torch.Tensor, conv: nn.Conv2d, z: torch.Tensor, r_z: torch.Tensor) -> torch.Tensor:
+    """ε-rule for z = conv(x) + b (any stride, padding, groups): x ⊙ Wᵀ(r_z / z), Wᵀ = transposed conv."""
+    stride, padding, dilation = conv.stride, conv.padding, conv.dilation
+    expected = [(z.shape[d + 2] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (conv.kernel_size[d] - 1) + 1 for d in range(2)]
+    extra = tuple(x.shape[d + 2] - expected[d] for d in range(2))  # rows/cols the convolution never reached
+    back = F.conv_transpose2d(r_z / z, conv.weight, stride=stride, padding=padding, output_padding=extra, groups=conv.groups, dilation=dilation)
+    return x * back
+
+
+def _pointwise_weight(layer: nn.Module) -> torch.Tensor:
+    """(out, in) matrix of a Linear or 1×1 Conv2d."""
+    return layer.weight.reshape(layer.weight.shape[0], layer.weight.shape[1])
+
+
+def _pointwise(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    z = torch.einsum("oi,bihw->bohw", _pointwise_weight(layer), x)
+    return z if layer.bias is None else z + layer.bias.view(1, -1, 1, 1)
+
+
+def _pointwise_rule(x: torch.Tensor, layer: nn.Module, z: torch.Tensor, r_z: torch.Tensor) -> torch.Tensor:
+    return x * torch.einsum("oi,bohw->bihw", _pointwise_weight(layer), r_z / z)
+
+
+def _channel_norm(norm: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Backward]:
+    """LayerNorm over channels of NCHW, and its ε-rule with σ held constant."""
+    std = torch.sqrt(x.var(1, unbiased=False, keepdim=True) + norm.eps)
+    y = (x - x.mean(1, keepdim=True)) / std * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+
+    def back(r_y: torch.Tensor) -> torch.Tensor:
+        u = r_y / y * norm.weight.view(1, -1, 1, 1)
+        return x * (u - u.mean(1, keepdim=True)) / std
+
+    return y, back
+
+
+def _convolution(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, Backward]:
+    z = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return z, lambda r_z: _conv(x, conv, z, r_z)
+
+
+def _convnext_block(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Backward]:
+    assert isinstance(block.shortcut, nn.Identity)
+    mlp = block.mlp
+    dw, back_dw = _convolution(block.conv_dw, x)
+    n, back_norm = _channel_norm(block.norm, dw)
+    f1 = _pointwise(n, mlp.fc1)
+    g = F.gelu(f1)
+    grn = mlp.grn
+    gx = g.pow(2).sum((2, 3), keepdim=True).sqrt()
+    nx = gx / (gx.mean(1, keepdim=True) + grn.eps)
+    scale = 1.0 + grn.weight.view(1, -1, 1, 1) * nx
+    q = g * scale + grn.bias.view(1, -1, 1, 1)
+    f2 = _pointwise(q, mlp.fc2)
+    m = f2 if block.gamma is None else f2 * block.gamma.view(1, -1, 1, 1)
+    out = m + x
+
+    def back(r_out: torch.Tensor) -> torch.Tensor:
+        r_m, r_x = _split(r_out, [m, x], out)
+        r_f2 = r_m  # layer scale is diagonal without bias: relevance passes unchanged
+        r_q = _pointwise_rule(q, mlp.fc2, f2, r_f2)
+        r_g = g * scale / q * r_q  # GRN with Nx held constant: a per-channel gain plus β
+        r_f1 = r_g  # identity rule
+        r_n = _pointwise_rule(n, mlp.fc1, f1, r_f1)
+        return r_x + back_dw(back_norm(r_n))
+
+    return out, back
+
+
+def _convnext_forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[Backward]]:
+    tape: list[Backward] = []
+
+    def step(result: tuple[torch.Tensor, Backward]) -> torch.Tensor:
+        tape.append(result[1])
+        return result[0]
+
+    h = step(_convolution(model.stem[0], images))
+    h = step(_channel_norm(model.stem[1], h))
+    for stage in model.stages:
+        if not isinstance(stage.downsample, nn.Identity):
+            h = step(_channel_norm(stage.downsample[0], h))
+            h = step(_convolution(stage.downsample[1], h))
+        for block in stage.blocks:
+            h = step(_convnext_block(block, h))
+    assert isinstance(model.norm_pre, nn.Identity)
+    pooled = h.mean((2, 3), keepdim=True)
+    tape.append(lambda r_p, h=h, p=pooled: (h / (h.shape[2] * h.shape[3])) / p * r_p)
+    features = step(_channel_norm(model.head.norm, pooled))
+    if not isinstance(model.head.pre_logits, nn.Identity):
+        features = step(_pointwise_step(model.head.pre_logits.fc, features))
+        features = F.gelu(features)
+        tape.append(lambda r: r)  # identity rule
+    logits = step(_pointwise_step(model.head.fc, features))
+    return logits.flatten(1), tape
+
+
+def _pointwise_step(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Backward]:
+    z = _pointwise(x, layer)
+    return z, lambda r_z: _pointwise_rule(x, layer, z, r_z)
+
+
+@torch.no_grad()
+def explicit_convnext_lrp(model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pixel relevance (B, H, W) of ``target`` for a timm ConvNeXt(-V2) by explicit relevance propagation."""
+    logits, tape = _convnext_forward(model, images)
+    torch.testing.assert_close(logits, model(images))  # the written-out forward is the model's
+    r = (F.one_hot(target, logits.shape[1]).to(logits) * logits)[:, :, None, None]
+    for back in reversed(tape):
+        r = back(r)
+    return r.sum(1)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.relevance.attnlrp import UnsupportedModelError, attnlrp, attnlrp_rules
+from tests.relevance_checks import assert_gradients_match_finite_differences, assert_untouched_outside_the_context
 from tests.lrp_reference import explicit_attnlrp
 
 VARIANTS = {
@@ -104,38 +105,12 @@ def test_relevance_gradient_matches_finite_differences() -> None:
     generator = torch.Generator().manual_seed(5)
     weights = torch.randn(2, 16, 16, generator=generator, dtype=torch.float64)
     mask = (torch.rand(2, 16, 16, generator=generator) > 0.5).double()
-    parameters = dict(model.named_parameters())
-    loss = alignment_objective(model, x, target, weights, mask)
-    gradients = dict(zip(parameters, torch.autograd.grad(loss, list(parameters.values()), allow_unused=True), strict=True))
-    step = 1e-5  # float64 central differences: truncation ~1e-10, round-off ~1e-9 relative to the objective
-    for name, index in PROBED:
-        parameter = parameters[name]
-        original = parameter[index].item()
-        values = []
-        for shifted in (original + step, original - step):
-            with torch.no_grad():
-                parameter[index] = shifted
-            values.append(alignment_objective(model, x, target, weights, mask).item())
-        with torch.no_grad():
-            parameter[index] = original
-        numeric = (values[0] - values[1]) / (2 * step)
-        gradient = gradients[name]
-        analytic = 0.0 if gradient is None else gradient[index].item()
-        assert abs(numeric) > 1e-8, f"{name}: objective does not depend on it; pick another entry"
-        assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-8), name
+    assert_gradients_match_finite_differences(model, lambda: alignment_objective(model, x, target, weights, mask), PROBED)
 
 
 def test_model_is_untouched_outside_the_context() -> None:
     model = tiny_vit(init_values=0.3).float()
-    x = images().float()
-    before = model(x)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    attnlrp(model, x, torch.tensor([0, 1, 2]))
-    with pytest.raises(RuntimeError), attnlrp_rules(model):
-        raise RuntimeError("interrupted relevance pass")
-    assert not any("forward" in vars(module) for module in model.modules())
-    assert torch.equal(model(x), before)
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert_untouched_outside_the_context(model, images().float())
 
 
 def test_relevance_logits_are_the_model_logits() -> None:
@@ -146,7 +121,7 @@ def test_relevance_logits_are_the_model_logits() -> None:
 
 def test_unsupported_models_are_named() -> None:
     convnet = timm.create_model("resnet18", pretrained=False, num_classes=3)
-    with pytest.raises(UnsupportedModelError, match="timm VisionTransformer models, not ResNet"):
+    with pytest.raises(UnsupportedModelError, match="timm VisionTransformer and ConvNeXt models, not ResNet"):
         attnlrp(convnet, torch.randn(1, 3, 32, 32), torch.tensor([0]))
     swiglu = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, act_layer=nn.SiLU)
     with pytest.raises(UnsupportedModelError, match=r"no AttnLRP rule for module 'blocks\.0\.mlp\.act' \(SiLU\)"):

@@ -48,7 +48,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage(project: Path) -> None:
     output = run(["dvc", "repro"], project)
-    for stage in ("prepare", "base", "concepts", "masks", "finetune@cft", "finetune@plain", "evaluate"):
+    for stage in ("prepare", "base", "concepts", "masks", "finetune@cft", "finetune@plain", "evaluate@test", "evaluate@swapped_bg", "report"):
         assert f"Running stage '{stage}'" in output
     metrics = json.loads((project / "metrics" / "base.json").read_text())
     assert "swapped_bg" in metrics["accuracy"]
@@ -79,9 +79,21 @@ def test_cft_param_change_reruns_only_cft_and_evaluate(project: Path) -> None:
     params["finetune"]["cft"]["foreground_weight"] = 0.25
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     output = run(["dvc", "repro"], project)
-    assert "Running stage 'finetune@cft'" in output and "Running stage 'evaluate'" in output
+    assert "Running stage 'finetune@cft'" in output and "Running stage 'evaluate@test'" in output and "Running stage 'report'" in output
     for stage in ("prepare", "base", "concepts", "masks", "finetune@plain"):
         assert f"Running stage '{stage}'" not in output
+
+
+def test_benchmark_change_reruns_only_that_benchmark_and_the_report(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["benchmarks"]["swapped_bg"]["limit"] = 20
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    output = run(["dvc", "repro"], project)
+    assert "Running stage 'evaluate@swapped_bg'" in output and "Running stage 'report'" in output
+    for stage in ("evaluate@test", "finetune@cft", "finetune@plain", "base"):
+        assert f"Running stage '{stage}'" not in output
+    evaluated = json.loads((project / "metrics" / "evaluate" / "swapped_bg.json").read_text())
+    assert evaluated["models"]["base"]["images"] == 20
 
 
 def test_concepts_param_change_reruns_concepts_but_not_masks_when_concepts_are_the_same(project: Path) -> None:
@@ -90,12 +102,12 @@ def test_concepts_param_change_reruns_concepts_but_not_masks_when_concepts_are_t
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     output = run(["dvc", "repro"], project)
     assert "Running stage 'concepts'" in output
-    for stage in ("prepare", "base", "masks", "finetune@cft", "evaluate"):
+    for stage in ("prepare", "base", "masks", "finetune@cft", "evaluate@test"):
         assert f"Running stage '{stage}'" not in output
 
 
 # Outputs DVC caches (and so pushes): git ignores them; a clone gets them only from the remote.
-CACHED_OUTS = ("data/prepared", "data/subset", "data/concepts", "data/masks", "models/base", "models/finetune/cft", "models/finetune/plain")
+CACHED_OUTS = ("data/prepared", "data/subset", "data/concepts", "data/masks", "models/base", "models/finetune/cft", "models/finetune/plain", "results/evaluate/test")
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

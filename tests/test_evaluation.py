@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pipeline.checkpoint import STATE_NAME, fingerprint, load_state, save_state
-from pipeline.config import EvaluateConfig
-from pipeline.evaluation import SegmentationCounts, SplitResult, binarise_at_mean, evaluation_splits, summarise
+from pipeline.benchmarks.reports import summarise as summarise_benchmarks
+from pipeline.evaluation import SegmentationCounts, binarise_at_mean
 
 # Two 2x2 images whose dataset-level IoU (summed counts) differs from the mean of per-image IoUs.
 PREDICTED = np.array([[[1, 0], [0, 0]], [[1, 0], [0, 0]]])
@@ -72,71 +72,21 @@ def test_binarise_at_mean() -> None:
     np.testing.assert_array_equal(binary, expected)
 
 
-def counts_with_miou(intersection: list[float], union: list[float]) -> SegmentationCounts:
-    return SegmentationCounts(intersection=np.array(intersection), union=np.array(union), correct=1.0, pixels=2.0)
-
-
-def test_split_metrics_accuracy() -> None:
-    result = SplitResult(
-        predictions=np.array([0, 1, 2, 1, 0, 2]),
-        labels=np.array([0, 1, 1, 1, 2, 2]),
-        seen=np.array([True, True, False, True, False, False]),
-    )
-    assert result.metrics() == {"accuracy": 0.666667, "accuracy_seen": 1.0, "accuracy_unseen": 0.333333}
-
-
-def test_split_metrics_with_relevance_on_first_images() -> None:
-    segmentation = {
-        "all": counts_with_miou([1, 1], [2, 4]),
-        "seen": counts_with_miou([1, 3], [1, 4]),
-        "unseen": counts_with_miou([0, 0], [1, 1]),
-    }
-    result = SplitResult(
-        predictions=np.array([0, 1, 2, 1, 0, 2]),
-        labels=np.array([0, 1, 1, 1, 2, 2]),
-        seen=np.array([True, True, False, True, False, False]),
-        segmentation=segmentation,
-        shares=np.array([0.1, 0.2, 0.3, 0.5]),
-    )
-    metrics = result.metrics()
-    assert metrics["miou"] == 0.375
-    assert metrics["miou_seen"] == 0.875
-    assert metrics["miou_unseen"] == 0.0
-    assert metrics["background_share"] == 0.275
-    assert metrics["background_share_seen"] == pytest.approx(0.266667, abs=1e-12)
-    assert metrics["background_share_unseen"] == 0.3
-    assert metrics["accuracy"] == 0.666667
-
-
-def test_split_metrics_without_unseen_classes_are_nan() -> None:
-    result = SplitResult(
-        predictions=np.array([0, 1]),
-        labels=np.array([0, 0]),
-        seen=np.array([True, True]),
-        segmentation={group: counts_with_miou([1, 1], [1, 1]) for group in ("all", "seen", "unseen")},
-        shares=np.array([0.4, 0.6]),
-    )
-    metrics = result.metrics()
-    assert metrics["accuracy"] == 0.5 and metrics["accuracy_seen"] == 0.5
-    assert math.isnan(metrics["accuracy_unseen"])
-    assert math.isnan(metrics["background_share_unseen"])
-    assert metrics["background_share_seen"] == 0.5
-
-
-def test_evaluation_splits() -> None:
-    available = ["train", "val", "test", "sketch", "scene"]
-    assert evaluation_splits(EvaluateConfig(), available, {"train", "val"}) == ["test", "sketch", "scene"]
-    assert evaluation_splits(EvaluateConfig(), available, set()) == available
-    assert evaluation_splits(EvaluateConfig(splits=["scene", "train"]), available, {"train"}) == ["scene", "train"]
-    with pytest.raises(ValueError, match=r"unknown split\(s\) \['photos'\]"):
-        evaluation_splits(EvaluateConfig(splits=["test", "photos"]), available, set())
-
-
 def split_metrics(accuracy: float, unseen: float, miou: float | None = None) -> dict[str, float]:
     metrics = {"accuracy": accuracy, "accuracy_seen": accuracy + 0.1, "accuracy_unseen": unseen}
     if miou is not None:
         metrics["miou"] = miou
     return metrics
+
+
+def summarise(results: dict[str, dict[str, dict[str, float]]], in_distribution: str, reference: str = "base") -> dict[str, dict[str, float]]:
+    """results[model][benchmark] -> the per-benchmark metrics files `cft report` reads (NaN as JSON null)."""
+    per_benchmark: dict[str, dict[str, object]] = {}
+    for model, per in results.items():
+        for name, metrics in per.items():
+            row = {key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in metrics.items()}
+            per_benchmark.setdefault(name, {"models": {}})["models"][model] = row  # type: ignore[index]
+    return summarise_benchmarks(per_benchmark, in_distribution, reference)  # type: ignore[arg-type]
 
 
 def test_summarise() -> None:

@@ -28,7 +28,7 @@ TINY_FINETUNE = {
     "cft": {"objective": "relevance"},
     "plain": {"objective": "labels"},
 }
-TINY_EVALUATE = {"relevance_images": 8, "overlay_images": 3}
+TINY_EVALUATE = {"relevance_images": 8, "overlay_images": 3, "benchmarks": {"test": {"kind": "split"}, "swapped_bg": {"kind": "split"}}}
 
 
 def tiny_params(path: Path, **base_overrides: object) -> Path:
@@ -123,15 +123,25 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
         _, spec = load_model_artifact(tmp_path / f"models/finetune/{method}")
         assert spec["finetune"]["method"] == method and len(spec["finetune"]["seen_classes"]) == 5
     assert (tmp_path / "p/cft/relevance.png").stat().st_size > 0
-    invoke("evaluate", "--base", str(tmp_path / "models/base"), "--finetuned", str(tmp_path / "models/finetune"), "--data", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"), "--metrics", str(tmp_path / "m/evaluate.json"), "--plots", str(tmp_path / "p/evaluate"))
+    for benchmark in ("test", "swapped_bg"):
+        output = invoke(
+            "evaluate", benchmark, "--base", str(tmp_path / "models/base"), "--finetuned", str(tmp_path / "models/finetune"), "--data", str(tmp_path / "data"),
+            "--subset", str(tmp_path / "subset"), "--out", str(tmp_path / f"results/{benchmark}"), "--metrics", str(tmp_path / f"m/evaluate/{benchmark}.json"),
+            "--plots", str(tmp_path / f"p/evaluate/{benchmark}"), "--work", str(tmp_path / f"ckpt/evaluate/{benchmark}"),
+        )
+        assert f"{benchmark} / cft: accuracy" in output
+        assert (tmp_path / f"p/evaluate/{benchmark}/relevance.png").stat().st_size > 0
+        assert (tmp_path / f"results/{benchmark}/predictions.parquet").stat().st_size > 0
+    invoke("report", "--results", str(tmp_path / "m/evaluate"), "--metrics", str(tmp_path / "m/evaluate.json"), "--plots", str(tmp_path / "p/summary"))
     metrics = json.loads((tmp_path / "m/evaluate.json").read_text())
     assert set(metrics["summary"]) == {"base", "cft", "plain"}
     assert metrics["summary"]["base"]["forgetting_unseen"] == 0.0
-    test = metrics["splits"]["cft"]["test"]
-    assert {"accuracy", "accuracy_seen", "accuracy_unseen", "miou", "miou_seen", "miou_unseen", "background_share"} <= set(test)
-    assert set(metrics["splits"]["base"]) == set(TINY_SPLITS) - {"pretrain", "train", "val"}
-    for name in ("accuracy.png", "miou.png", "relevance.png", "metrics.csv"):
-        assert (tmp_path / "p/evaluate" / name).stat().st_size > 0
+    test = metrics["benchmarks"]["test"]["cft"]
+    assert {"accuracy", "accuracy_seen", "accuracy_unseen", "miou", "miou_seen", "miou_unseen", "background_share", "ap", "pixel_accuracy"} <= set(test)
+    assert set(metrics["benchmarks"]) == {"test", "swapped_bg"}
+    assert metrics["summary"]["cft"]["ood_accuracy_mean"] == metrics["benchmarks"]["swapped_bg"]["cft"]["accuracy"]
+    for name in ("accuracy.png", "miou.png", "metrics.csv"):
+        assert (tmp_path / "p/summary" / name).stat().st_size > 0
 
 
 def test_finetune_names_an_unknown_method(tmp_path: Path) -> None:

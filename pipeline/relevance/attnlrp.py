@@ -1,17 +1,26 @@
-"""AttnLRP (Achtibat et al., ICML 2024) for timm Vision Transformers: exact and differentiable.
+"""AttnLRP (Achtibat et al., ICML 2024) for timm ViTs and ConvNeXt(-V2): exact and differentiable.
 
 Relevance is input × modified gradient (lxt's "efficient" form). The AttnLRP rules turn each
-non-linear operation into a linear map whose coefficients depend on the input:
+non-linear operation into a linear map whose coefficients depend on the input ``h`` (first stream):
 
 ==================  ============================================================================
 operation           rule, as a linear map of the second stream ``x̃``
 ==================  ============================================================================
 GELU                identity rule: ``x̃ ↦ Φ(h) x̃`` (GELU(h) = h Φ(h), so relevance passes unchanged)
-LayerNorm           std treated as constant: ``x̃ ↦ γ (x̃ − mean x̃) / σ(h) + β``
+LayerNorm           std treated as constant: ``x̃ ↦ γ (x̃ − mean x̃) / σ(h) + β`` over the last
+                    dim (ViT tokens, ConvNeXt channels-last blocks)
+LayerNorm2d         the same over the channel dim of NCHW (ConvNeXt stem, downsampling, head)
+GlobalResponseNorm  ``Nx(h)`` held constant: ``x̃ ↦ x̃ + γ x̃ Nx(h) + β`` (ConvNeXt-V2; Nx is a
+                    scale-free gain like 1/σ, see :mod:`pipeline.relevance.convnext_rules`)
 q·kᵀ, A·v           uniform rule: ``½ (q̃ kᵀ + q k̃ᵀ)`` (each operand gets half the relevance)
 softmax             AttnLRP softmax rule = its Jacobian at the scores: ``A ⊙ (s̃ − Σ A s̃)``
-Linear, Conv, add   ε-rule (ε → 0) = the plain gradient, so these run unchanged
+Linear, Conv, add   ε-rule (ε → 0) = the plain gradient, so these run unchanged; so do depthwise
+                    and 1×1 convolutions, average pooling and ConvNeXt's layer-scale ``gamma``
+Dropout, DropPath   identity: the two streams would draw different masks
 ==================  ============================================================================
+
+Max pooling, BatchNorm (whose training-mode statistics would mix the two streams) and any module
+without a rule are refused up front with :class:`UnsupportedModelError` naming the module.
 
 To make the relevance map *exactly* differentiable w.r.t. the parameters, the batch is doubled:
 the first half runs the model normally, the second half ("linearised stream") runs the linear
@@ -98,18 +107,22 @@ def _identity_rule(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any
 
 
 def _rule_map() -> dict[type[nn.Module], Rule]:
-    from timm.layers import Attention, DropPath, PatchDropout
+    from timm.layers import Attention, DropPath, LayerNorm, PatchDropout
     from timm.layers.activations import GELU, GELUTanh
+
+    from pipeline.relevance.convnext_rules import convnext_rule_map
 
     return {
         nn.GELU: _gelu_rule,
         GELU: _gelu_rule,
         GELUTanh: _gelu_rule,
         nn.LayerNorm: _layer_norm_rule,
+        LayerNorm: _layer_norm_rule,  # timm's channels-last LayerNorm: same normalisation, own forward
         Attention: _attention_rule,
         nn.Dropout: _identity_rule,
         DropPath: _identity_rule,
         PatchDropout: _identity_rule,
+        **convnext_rule_map(),
     }
 
 
@@ -121,17 +134,44 @@ def _linear_types() -> tuple[type[nn.Module], ...]:
     return (nn.Linear, nn.Conv2d, nn.Identity, nn.Sequential, nn.ModuleList, LayerScale, Mlp, PatchEmbed, Block, VisionTransformer)
 
 
+def _rule_for(module: nn.Module, rules: dict[type[nn.Module], Rule]) -> Rule | None:
+    """The rule registered for the nearest class in the module's MRO, unless a subclass overrides
+    ``forward`` in between (timm's LayerNorm2d *is* an nn.LayerNorm, over a different dim)."""
+    for kind in type(module).__mro__:
+        if kind in rules:
+            return rules[kind] if type(module).forward is kind.forward else None
+    return None
+
+
 def _check_supported(model: nn.Module, rules: dict[type[nn.Module], Rule]) -> None:
+    from timm.models.convnext import ConvNeXt
     from timm.models.vision_transformer import VisionTransformer
 
-    if not isinstance(model, VisionTransformer):
-        raise UnsupportedModelError(f"AttnLRP rules cover timm VisionTransformer models, not {type(model).__name__}")
-    if getattr(model, "attn_pool", None) is not None or model.global_pool not in ("token", "avg", ""):
-        raise UnsupportedModelError(f"pooling {model.global_pool!r} is not covered by the AttnLRP rules (token or avg)")
-    linear = _linear_types()
+    from pipeline.relevance.convnext_rules import check_convnext, convnext_linear_types
+
+    if isinstance(model, VisionTransformer):
+        if getattr(model, "attn_pool", None) is not None or model.global_pool not in ("token", "avg", ""):
+            raise UnsupportedModelError(f"pooling {model.global_pool!r} is not covered by the AttnLRP rules (token or avg)")
+        linear = _linear_types()
+    elif isinstance(model, ConvNeXt):
+        check_convnext(model)
+        linear = convnext_linear_types()
+    else:
+        missing = _uncovered(model, rules, (*_linear_types(), *convnext_linear_types()))
+        raise UnsupportedModelError(f"AttnLRP rules cover timm VisionTransformer and ConvNeXt models, not {type(model).__name__}; no rule for {missing}")
     for name, module in model.named_modules():
-        if not isinstance(module, (*linear, *rules)):
+        if not isinstance(module, linear) and _rule_for(module, rules) is None:
             raise UnsupportedModelError(f"no AttnLRP rule for module '{name}' ({type(module).__name__})")
+
+
+def _uncovered(model: nn.Module, rules: dict[type[nn.Module], Rule], linear: tuple[type[nn.Module], ...], shown: int = 4) -> str:
+    """The first module of each type without a rule, e.g. "'bn1' (BatchNorm2d), 'maxpool' (MaxPool2d), …"."""
+    first: dict[type[nn.Module], str] = {}
+    for name, module in model.named_modules():
+        if name and not isinstance(module, linear) and _rule_for(module, rules) is None:
+            first.setdefault(type(module), name)
+    listed = [f"'{name}' ({kind.__name__})" for kind, name in first.items()]
+    return ", ".join(listed[:shown] + (["…"] if len(listed) > shown else [])) or "the model class itself"
 
 
 @contextlib.contextmanager
@@ -146,7 +186,7 @@ def attnlrp_rules(model: nn.Module) -> Iterator[nn.Module]:
     patched: list[nn.Module] = []
     try:
         for module in model.modules():
-            rule = next((rule for kind, rule in rules.items() if isinstance(module, kind)), None)
+            rule = _rule_for(module, rules)
             if rule is None:
                 continue
             if "forward" in vars(module):
@@ -166,15 +206,43 @@ def _bind(rule: Rule, module: nn.Module) -> Callable[..., torch.Tensor]:
     return forward
 
 
+# Cell of the relevance grid for CNNs. Their pixel relevance is noisy (the stride-4 patchify stem
+# leaves a 4-px lattice, depthwise 7×7 kernels spread it further), while the loss only compares
+# relevance with coarse concept masks. 16-px cells give the 14×14 grid of ViT-B/16 at 224 px, so
+# the alignment loss and the grid-level metrics mean the same for both families.
+CNN_CELL = (16, 16)
+
+
+def relevance_cell(model: nn.Module) -> tuple[int, int]:
+    """(height, width) in pixels of one cell of the relevance grid: the patch for ViTs, else ``CNN_CELL``."""
+    patch_embed = getattr(model, "patch_embed", None)
+    if patch_embed is not None and getattr(patch_embed, "patch_size", None) is not None:
+        patch = patch_embed.patch_size
+        return (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
+    return CNN_CELL
+
+
+def _cell_sums(pixels: torch.Tensor, cell: tuple[int, int]) -> torch.Tensor:
+    """(B, ⌈H/ch⌉, ⌈W/cw⌉) sums of (B, H, W) within cells; partial cells at the bottom/right edge
+    (where a dynamically padded ViT puts its padding) keep what lies inside the image."""
+    (height, width), (ch, cw) = pixels.shape[-2:], cell
+    padded = F.pad(pixels, (0, -width % cw, 0, -height % ch))
+    rows, cols = padded.shape[-2] // ch, padded.shape[-1] // cw
+    return padded.reshape(-1, rows, ch, cols, cw).sum(dim=(2, 4))
+
+
 @dataclass
 class Relevance:
     pixels: torch.Tensor  # (B, H, W): input × modified gradient, summed over colour channels
-    tokens: torch.Tensor  # (B, H/p, W/p): pixel relevance summed within each patch
+    tokens: torch.Tensor  # (B, ⌈H/ch⌉, ⌈W/cw⌉): pixel relevance summed within each grid cell
     logits: torch.Tensor  # (B, classes): the model's ordinary logits from the same pass
+    cell: tuple[int, int]  # (ch, cw): the grid cell in pixels, ``relevance_cell(model)``
 
     def upsampled(self) -> torch.Tensor:
-        """Token relevance at image size (nearest), the map the fine-tuning loss compares to masks."""
-        return F.interpolate(self.tokens[:, None], size=self.pixels.shape[-2:], mode="nearest")[:, 0]
+        """Cell relevance at image size (each cell's value on all its pixels), the map the
+        fine-tuning loss compares to masks."""
+        (height, width), (ch, cw) = self.pixels.shape[-2:], self.cell
+        return self.tokens.repeat_interleave(ch, dim=1).repeat_interleave(cw, dim=2)[:, :height, :width]
 
 
 def attnlrp(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, create_graph: bool = False) -> Relevance:
@@ -190,6 +258,5 @@ def attnlrp(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, creat
     selected = logits_lin.gather(1, targets.view(-1, 1)).sum()
     (gradient,) = torch.autograd.grad(selected, linear_input, create_graph=create_graph)
     pixels = (linear_input * gradient).sum(dim=1)
-    patch = model.patch_embed.patch_size
-    tokens = F.avg_pool2d(pixels[:, None], kernel_size=patch)[:, 0] * (patch[0] * patch[1])
-    return Relevance(pixels=pixels, tokens=tokens, logits=logits)
+    cell = relevance_cell(model)
+    return Relevance(pixels=pixels, tokens=_cell_sums(pixels, cell), logits=logits, cell=cell)

@@ -1,0 +1,256 @@
+"""Running every model over one benchmark: batched, streamed to disk in parts, resumable.
+
+The images are decoded once (DataLoader worker processes) and each batch goes through every model
+(base and fine-tuned), so adding a model costs its forward passes, not another decode. After every
+``part_size`` images the predictions of every protocol, the readable flags and the relevance sums
+are saved atomically under the work folder with a fingerprint of the run (models, benchmark,
+settings, code); an interrupted evaluation restarts at the first missing part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from pipeline.atomic import write_with
+from pipeline.benchmarks.catalog import BenchmarkImages
+from pipeline.benchmarks.protocols import benchmark_metrics, predict, protocols_for
+from pipeline.benchmarks.segmentation import SegmentationScores
+from pipeline.benchmarks.sources import ArrayItems, EvalSource
+from pipeline.config import EvaluateConfig
+from pipeline.objective import background_share
+from pipeline.relevance.attnlrp import UnsupportedModelError
+from pipeline.relevance.maps import relevance_batch
+from pipeline.training import Normalizer, autocast
+
+GROUPS = ("all", "seen", "unseen")
+PART_PREFIX = "part-"
+
+
+@dataclass
+class ModelUnderTest:
+    name: str
+    model: torch.nn.Module
+    normalizer: Normalizer
+    relevance: bool = True  # False when the model has layers the relevance rules do not cover
+
+
+@dataclass
+class PartResult:
+    """What one part of the benchmark produced, for every model."""
+
+    readable: np.ndarray  # (n,) bool
+    predictions: dict[str, dict[str, np.ndarray]]  # model -> protocol -> (n,) predicted class
+    scores: dict[str, dict[str, SegmentationScores]] = field(default_factory=dict)  # model -> group -> sums
+    shares: dict[str, list[float]] = field(default_factory=dict)  # model -> background share per measured image
+
+    def save(self, path: Path, fingerprint: str) -> None:
+        arrays = {"readable": self.readable}
+        arrays.update({f"pred/{model}/{protocol}": values for model, per in self.predictions.items() for protocol, values in per.items()})
+        extra = {
+            "fingerprint": fingerprint,
+            "scores": {model: {group: s.to_dict() for group, s in per.items()} for model, per in self.scores.items()},
+            "shares": self.shares,
+        }
+        arrays["extra"] = np.frombuffer(json.dumps(extra).encode(), dtype=np.uint8)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+
+        write_with(path, write)
+
+    @classmethod
+    def load(cls, path: Path, fingerprint: str) -> PartResult | None:
+        """The saved part if it belongs to this run; None when absent, torn or from another run."""
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as saved:
+                extra = json.loads(saved["extra"].tobytes())
+                if extra.get("fingerprint") != fingerprint:
+                    return None
+                predictions: dict[str, dict[str, np.ndarray]] = {}
+                for key in saved.files:
+                    if key.startswith("pred/"):
+                        _, model, protocol = key.split("/", 2)
+                        predictions.setdefault(model, {})[protocol] = saved[key]
+                readable = saved["readable"]
+        except Exception:  # a torn or foreign file is recomputed, never trusted
+            return None
+        scores = {model: {group: SegmentationScores.from_dict(s) for group, s in per.items()} for model, per in extra["scores"].items()}
+        return cls(readable, predictions, scores, extra["shares"])
+
+
+def seen_flags(images: BenchmarkImages | None, count: int, seen_classes: set[int] | None) -> np.ndarray | None:
+    """Per image: is any of its target classes fine-tuned on? None when unknown."""
+    if images is None or seen_classes is None:
+        return None
+    return np.array([any(t in seen_classes for t in targets) for targets in images.targets[:count]], dtype=bool)
+
+
+def _loader(dataset: Subset[Any], config: EvaluateConfig, device: torch.device) -> DataLoader[Any]:
+    if isinstance(dataset.dataset, ArrayItems):
+        workers = 0  # already decoded, in memory
+    elif config.workers is not None:
+        workers = config.workers
+    else:
+        workers = min(8, os.cpu_count() or 1, max(1, (len(dataset) + config.batch_size - 1) // config.batch_size))
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_single_thread if workers else None,
+        persistent_workers=False,
+    )
+
+
+def _single_thread(_: int) -> None:
+    torch.set_num_threads(1)  # decoding workers must not fight the main process for cores
+
+
+def _run_part(source: EvalSource, indices: list[int], models: list[ModelUnderTest], seen: np.ndarray | None, config: EvaluateConfig, device: torch.device, bar: tqdm) -> PartResult:
+    protocols = [p.name for p in protocols_for(source.images)] if source.images is not None else []
+    predictions: dict[str, dict[str, list[np.ndarray]]] = {m.name: {p: [] for p in protocols} for m in models}
+    readable: list[np.ndarray] = []
+    measure = source.has_masks and config.relevance
+    groups = GROUPS if seen is not None else ("all",)
+    scores = {m.name: {g: SegmentationScores() for g in groups} for m in models if measure and m.relevance}
+    shares: dict[str, list[float]] = {name: [] for name in scores}
+    limit = config.relevance_images if config.relevance_images is not None else len(source)
+    for batch in _loader(Subset(source.dataset, indices), config, device):
+        images = batch["image"].to(device, non_blocking=True)
+        index = batch["index"].numpy()
+        readable.append(batch["readable"].numpy().astype(bool))
+        for entry in models:
+            x = entry.normalizer(images)
+            with torch.no_grad(), autocast(device):
+                logits = entry.model(x)
+            chosen = predict(logits, source.images) if source.images is not None else {"standard": logits.argmax(dim=1)}
+            for protocol in protocols:
+                predictions[entry.name][protocol].append(chosen[protocol].cpu().numpy())
+            if entry.name not in scores:
+                continue
+            measured = index < limit
+            if not measured.any():
+                continue
+            if config.relevance_target == "label" and source.images is not None:
+                targets = torch.tensor([source.images.targets[i][0] for i in index], device=device)
+            else:
+                targets = chosen["standard"]
+            count = int(measured.sum())  # parts run in order, so measured images come first
+            maps = np.concatenate([relevance_batch(entry.model, x[o : min(o + config.relevance_batch_size, count)], targets[o : min(o + config.relevance_batch_size, count)], device) for o in range(0, count, config.relevance_batch_size)])
+            masks = batch["mask"][:count].numpy().astype(bool)
+            scores[entry.name]["all"].add(maps, masks)
+            if seen is not None:
+                batch_seen = seen[index[:count]]
+                for group, chosen_images in (("seen", batch_seen), ("unseen", ~batch_seen)):
+                    if chosen_images.any():
+                        scores[entry.name][group].add(maps[chosen_images], masks[chosen_images])
+            shares[entry.name] += background_share(torch.from_numpy(maps), torch.from_numpy(masks)).tolist()
+        bar.update(len(index))
+    return PartResult(
+        readable=np.concatenate(readable),
+        predictions={m: {p: np.concatenate(v).astype(np.int64) for p, v in per.items()} for m, per in predictions.items()},
+        scores=scores,
+        shares=shares,
+    )
+
+
+@dataclass
+class BenchmarkRun:
+    readable: np.ndarray
+    predictions: dict[str, dict[str, np.ndarray]]
+    scores: dict[str, dict[str, SegmentationScores]]
+    shares: dict[str, list[float]]
+
+
+def run_benchmark(source: EvalSource, models: list[ModelUnderTest], seen_classes: set[int] | None, config: EvaluateConfig, work_dir: Path, fingerprint: str, device: torch.device, progress: bool = True) -> BenchmarkRun:
+    """Every model over every image of ``source``, resuming from the parts already in ``work_dir``."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for stale in work_dir.glob(f"{PART_PREFIX}*"):
+        if not stale.name.startswith(f"{PART_PREFIX}{fingerprint[:16]}-"):
+            stale.unlink()  # parts of another run (other models, settings or code) are never reused
+    for entry in models:
+        entry.model.eval()
+    seen = seen_flags(source.images, len(source), seen_classes)
+    parts: list[PartResult] = []
+    starts = list(range(0, len(source), config.part_size))
+    with tqdm(total=len(source), desc=f"evaluate/{source.name}", unit="img", disable=not progress) as bar:
+        for number, start in enumerate(starts):
+            path = work_dir / f"{PART_PREFIX}{fingerprint[:16]}-{number:05d}.npz"
+            indices = list(range(start, min(start + config.part_size, len(source))))
+            part = PartResult.load(path, fingerprint)
+            if part is None:
+                part = _run_part(source, indices, models, seen, config, device, bar)
+                part.save(path, fingerprint)
+            else:
+                bar.update(len(indices))
+            parts.append(part)
+    predictions = {m.name: {p: np.concatenate([part.predictions[m.name][p] for part in parts]) for p in parts[0].predictions[m.name]} for m in models} if parts else {}
+    scores: dict[str, dict[str, SegmentationScores]] = {}
+    shares: dict[str, list[float]] = {}
+    for part in parts:
+        for model, per in part.scores.items():
+            for group, value in per.items():
+                scores.setdefault(model, {})[group] = scores.get(model, {}).get(group, SegmentationScores()) + value
+        for model, values in part.shares.items():
+            shares.setdefault(model, []).extend(values)
+    readable = np.concatenate([part.readable for part in parts]) if parts else np.zeros(0, dtype=bool)
+    return BenchmarkRun(readable, predictions, scores, shares)
+
+
+def run_metrics(source: EvalSource, run: BenchmarkRun, seen_classes: set[int] | None) -> dict[str, dict[str, float]]:
+    """model -> flat metrics: accuracy per protocol (seen/unseen classes), relevance scores per group."""
+    results: dict[str, dict[str, float]] = {}
+    keep = np.flatnonzero(run.readable)
+    images = _readable_only(source.images, keep) if source.images is not None else None
+    for model, per_protocol in run.predictions.items():
+        row: dict[str, float] = {"images": int(len(keep)), "unreadable": int((~run.readable).sum())}
+        if images is not None:
+            row.update(benchmark_metrics(images, {p: v[keep] for p, v in per_protocol.items()}, seen_classes))
+        for group, value in run.scores.get(model, {}).items():
+            suffix = "" if group == "all" else f"_{group}"
+            for key, metric in value.metrics().items():
+                if key != "images":
+                    row[f"{key}{suffix}"] = metric
+        if run.shares.get(model):
+            row["background_share"] = round(float(np.mean(run.shares[model])), 6)
+        results[model] = row
+    return results
+
+
+def _readable_only(images: BenchmarkImages, keep: np.ndarray) -> BenchmarkImages:
+    if len(keep) == len(images.files):
+        return images
+    chosen = keep.tolist()
+    return replace(images, files=[images.files[i] for i in chosen], targets=[images.targets[i] for i in chosen], metadata={k: [v[i] for i in chosen] for k, v in images.metadata.items()})
+
+
+def run_fingerprint(model_dirs: list[Path], settings: dict[str, Any], files: list[str]) -> str:
+    """Models' bytes, the benchmark's settings and file list, and the code: what a resumed part must share."""
+    from pipeline.checkpoint import fingerprint, source_digest
+
+    listing = hashlib.sha256("\n".join(files).encode()).hexdigest()
+    return fingerprint({"settings": settings, "files": listing, "code": source_digest(), "torch": torch.__version__}, model_dirs)
+
+
+def relevance_support(models: list[ModelUnderTest], device: torch.device, size: int) -> None:
+    """Mark models whose layers the relevance rules do not cover (accuracy is still measured)."""
+    probe = torch.zeros(1, 3, size, size, device=device)
+    for entry in models:
+        try:
+            relevance_batch(entry.model, probe, torch.zeros(1, dtype=torch.long, device=device), device)
+        except UnsupportedModelError as exc:
+            tqdm.write(f"{entry.name}: no relevance metrics ({exc})")
+            entry.relevance = False

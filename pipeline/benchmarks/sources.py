@@ -1,0 +1,129 @@
+"""What an evaluation iterates: a benchmark's images at the model's input size, with masks when it has them.
+
+Three kinds of source share one item format, so one runner serves them all:
+
+* ``split``: a split of the prepared dataset (the world's out-of-distribution splits), held in
+  memory, with the object masks when the dataset is part-annotated;
+* image-file benchmarks (ImageNet val/V2/A/R/Sketch, ObjectNet, SI-Score): decoded in DataLoader
+  worker processes and passed through the model's own transform (ObjectNet's frame trimmed first);
+* ``imagenet_segmentation``: the images and object masks of ``gtsegs_ijcv.mat``, resized square as
+  in the segmentation protocol.
+
+An item is ``{"image": uint8 (S, S, 3), "mask": bool (S, S) (only with masks), "index": int,
+"readable": bool}``. A file that cannot be decoded gives a black image with ``readable`` False: the
+run goes on, and the image is left out of the metrics and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.array_store import StoreError
+from pipeline.benchmarks.catalog import BenchmarkImages, read_benchmark
+from pipeline.config import BenchmarkConfig
+from pipeline.datasets import decode_image, load_split
+from pipeline.datasets import object_masks as whole_object_masks
+from pipeline.manifest import classes_of, split_rows
+from pipeline.preprocess import InputTransform
+
+
+@dataclass
+class EvalSource:
+    name: str
+    kind: str
+    dataset: Dataset[dict[str, Any]]
+    images: BenchmarkImages | None  # targets, class subset and metadata; None when unlabelled (segmentation)
+    has_masks: bool
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+
+class ArrayItems(Dataset[dict[str, Any]]):
+    def __init__(self, images: np.ndarray, masks: np.ndarray | None) -> None:
+        self.images, self.masks = images, masks
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {"image": torch.from_numpy(np.ascontiguousarray(self.images[index])), "index": index, "readable": True}
+        if self.masks is not None:
+            item["mask"] = torch.from_numpy(self.masks[index])
+        return item
+
+
+class FileItems(Dataset[dict[str, Any]]):
+    """Image files under ``root``, decoded and transformed on access (in worker processes)."""
+
+    def __init__(self, root: Path, files: list[str], transform: InputTransform) -> None:
+        self.root, self.files, self.transform = root, files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            image, readable = self.transform.image(decode_image(self.root / self.files[index])), True
+        except StoreError:
+            image, readable = np.zeros((self.transform.size, self.transform.size, 3), dtype=np.uint8), False
+        return {"image": torch.from_numpy(np.array(image)), "index": index, "readable": readable}
+
+
+class SegmentationItems(Dataset[dict[str, Any]]):
+    def __init__(self, path: Path, size: int, limit: int | None) -> None:
+        from pipeline.benchmarks.segmentation import SegmentationSet
+
+        self.images, self.size = SegmentationSet(path), size
+        self.count = len(self.images) if limit is None else min(limit, len(self.images))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from pipeline.benchmarks.segmentation import resize_pair
+
+        image, mask = resize_pair(*self.images[index], self.size)
+        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "mask": torch.from_numpy(mask), "index": index, "readable": True}
+
+
+def _limited(images: BenchmarkImages, limit: int | None) -> BenchmarkImages:
+    if limit is None or limit >= len(images.files):
+        return images
+    # Spread the limit over the whole benchmark (sorted files cluster by class).
+    keep = np.linspace(0, len(images.files) - 1, limit).round().astype(int).tolist()
+    metadata = {key: [values[i] for i in keep] for key, values in images.metadata.items()}
+    return BenchmarkImages(images.kind, images.root, [images.files[i] for i in keep], [images.targets[i] for i in keep], images.classes, images.border, metadata, images.skipped)
+
+
+def open_source(name: str, config: BenchmarkConfig, class_names: list[str], transform: InputTransform, manifest_path: Path, manifest: Any, relevance: bool) -> EvalSource:
+    """The source of benchmark ``name``; file benchmarks are listed, not decoded, here."""
+    if config.kind == "split":
+        split = config.split or name
+        data = load_split(manifest_path, split, manifest, transform)
+        masks = None
+        if relevance:
+            try:
+                masks = whole_object_masks(manifest_path.parent, split_rows(manifest, split))
+            except StoreError:
+                masks = None
+        count = len(data) if config.limit is None else min(config.limit, len(data))
+        classes = classes_of(manifest)
+        images = BenchmarkImages("split", manifest_path.parent, data.image_ids[:count], [(int(label),) for label in data.labels[:count]], None)
+        dataset = ArrayItems(data.images[:count], None if masks is None else masks[:count])
+        return EvalSource(name, "split", dataset, images, masks is not None, [classes[int(label)] for label in data.labels[:count]])
+    assert config.path is not None  # the config validator requires it
+    if config.kind == "imagenet_segmentation":
+        dataset = SegmentationItems(Path(config.path), transform.size, config.limit)
+        return EvalSource(name, config.kind, dataset, None, True, [f"image {i}" for i in range(len(dataset))])
+    images = _limited(read_benchmark(config.kind, config.path, class_names), config.limit)
+    file_transform = InputTransform(transform.size, transform.interpolation, transform.crop_pct, transform.crop_mode, images.border)
+    captions = [class_names[targets[0]] for targets in images.targets]
+    return EvalSource(name, config.kind, FileItems(Path(images.root), images.files, file_transform), images, False, captions)

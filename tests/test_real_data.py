@@ -1,0 +1,189 @@
+"""The real-data route end to end through the CLI: an ImageNet-style folder, a pretrained timm model
+from a local checkpoint (random weights, small config), fine-tuning on image files with concept
+masks, and evaluation on fake benchmarks in their real layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import timm
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from pipeline.benchmarks.catalog import imagenet_subset
+from pipeline.class_names import imagenet_classes
+from pipeline.mask_store import ImageMasks, write_mask_store
+from pipeline.models import load_model_artifact
+from pipeline.preprocess import InputTransform
+from pipeline.training import Normalizer
+from stages.cli import app
+from tests.test_benchmark_protocols import write_objectnet, write_si_score
+
+MODEL = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+SMALL = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+runner = CliRunner()
+
+
+def photo(rng: np.random.Generator, height: int, width: int) -> Image.Image:
+    return Image.fromarray(rng.integers(0, 255, (height // 4, width // 4, 3), dtype=np.uint8)).resize((width, height))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("real")
+    rng = np.random.default_rng(0)
+    for wnid in imagenet_classes():  # all 1000 classes, so the model is an ImageNet-1k classifier
+        folder = root / "imagenet/train" / wnid
+        folder.mkdir(parents=True)
+        for index in range(2):
+            photo(rng, 40 + 8 * index, 48).save(folder / f"{wnid}_{index}.JPEG", quality=80)
+    torch.manual_seed(0)
+    checkpoint = root / "vit_tiny_in1k.safetensors"
+    save_file(timm.create_model(MODEL, pretrained=False, num_classes=1000, **SMALL).state_dict(), str(checkpoint))
+    a_wnids, _ = imagenet_subset("imagenet_a")
+    for wnid in a_wnids[:3]:
+        for index in range(2):
+            folder = root / "imagenet-a" / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            photo(rng, 36, 44).save(folder / f"{index}.jpg")
+    write_objectnet(root / "objectnet-1.0")
+    write_si_score(root / "si-score")
+    params = {
+        "data": {
+            "source": "imagefolder",
+            "imagefolder": {"root": "imagenet/train"},
+            "subset": {"seen_fraction": 0.005, "images_per_class": 1, "val_images_per_class": 1},
+        },
+        "base": {"model": MODEL, "model_kwargs": SMALL, "pretrained": True, "checkpoint": str(checkpoint), "phases": [], "device": "cpu"},
+        "finetune": {
+            "methods": ["cft", "plain"],
+            "train": {"epochs": 1, "batch_size": 4, "overlay_images": 2, "eval_batch_size": 64, "device": "cpu"},
+            "cft": {"objective": "relevance"},
+            "plain": {"objective": "labels"},
+        },
+        "evaluate": {
+            "benchmarks": {
+                "imagenet_a": {"kind": "imagenet_a", "path": "imagenet-a"},
+                "objectnet": {"kind": "objectnet", "path": "objectnet-1.0"},
+                "si_score": {"kind": "si_score", "path": "si-score"},
+            },
+            "in_distribution": None,
+            "batch_size": 4,
+            "workers": 0,
+            "device": "cpu",
+        },
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def invoke(project: Path, *args: str) -> str:
+    import os
+
+    previous = os.getcwd()
+    os.chdir(project)
+    try:
+        result = runner.invoke(app, [*args, "--params", "params.yaml"])
+    finally:
+        os.chdir(previous)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def prepared(project: Path) -> Path:
+    invoke(project, "prepare")
+    invoke(project, "base")
+    return project
+
+
+def test_base_takes_its_preprocessing_from_the_pretrained_cfg_and_the_checkpoint(prepared: Path) -> None:
+    model, spec = load_model_artifact(prepared / "models/base")
+    assert spec["preprocessing"]["input_size"] == [3, 32, 32]  # the model as built (img_size 32), not the cfg's 224
+    assert spec["preprocessing"]["interpolation"] == "bicubic" and spec["preprocessing"]["crop_pct"] == 0.9
+    assert spec["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert spec["class_names"] == imagenet_classes()
+    torch.manual_seed(0)
+    reference = timm.create_model(MODEL, pretrained=False, num_classes=1000, **SMALL).state_dict()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, reference[name], rtol=0, atol=0)
+
+
+def test_finetune_reads_image_files_and_aligns_concept_masks(prepared: Path) -> None:
+    from pipeline.manifest import read_manifest, split_rows
+
+    rows = split_rows(read_manifest(prepared / "data/prepared/manifest.parquet"), "train")
+    results = []
+    for image_id, class_name in zip(rows.column("image_id").to_pylist(), rows.column("class_name").to_pylist(), strict=True):
+        masks = np.zeros((2, 16, 16), dtype=bool)
+        masks[0, 4:12, 4:12] = True  # a centred square, stretched to the store's square resolution
+        masks[1, 6:10, 2:14] = True
+        results.append(ImageMasks(image_id, class_name, ["head", "wings"], masks, missing=[False, False]))
+    write_mask_store(prepared / "data/masks", results, (16, 16), "test")
+    for method in ("cft", "plain"):
+        invoke(prepared, "finetune", method, "--out", f"models/finetune/{method}", "--checkpoints", f"checkpoints/finetune/{method}", "--metrics", f"metrics/finetune/{method}.json", "--plots", f"plots/finetune/{method}", "--masks", "data/masks")
+    _, spec = load_model_artifact(prepared / "models/finetune/cft")
+    assert spec["finetune"]["method"] == "cft" and len(spec["finetune"]["seen_classes"]) == 5
+    assert (prepared / "plots/finetune/cft/relevance.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("benchmark", ["imagenet_a", "objectnet", "si_score"])
+def test_evaluate_each_benchmark(prepared: Path, benchmark: str) -> None:
+    if not (prepared / "models/finetune/plain").exists():
+        pytest.skip("needs the fine-tuned models of the previous test")
+    output = invoke(prepared, "evaluate", benchmark)
+    assert f"{benchmark} / cft: accuracy" in output
+    metrics = json.loads((prepared / f"metrics/evaluate/{benchmark}.json").read_text())
+    assert set(metrics["models"]) == {"base", "cft", "plain"}
+    table = pq.read_table(prepared / f"results/evaluate/{benchmark}/predictions.parquet")
+    assert table.num_rows == metrics["benchmark"]["images"]
+    if benchmark == "imagenet_a":
+        assert metrics["models"]["base"]["images"] == 6
+        assert "reference_accuracy" in metrics["models"]["base"] and "standard" in metrics["benchmark"]["protocols"]
+    if benchmark == "objectnet":
+        assert metrics["benchmark"]["skipped"]  # the squeegee folder is not one of the 113 classes
+    if benchmark == "si_score":
+        assert {"accuracy_size", "accuracy_rotation", "accuracy_location"} <= set(metrics["models"]["base"])
+        assert (prepared / "plots/evaluate/si_score/factors.csv").stat().st_size > 0
+
+
+def test_objectnet_predictions_follow_the_protocol(prepared: Path) -> None:
+    """Recompute the base model's ObjectNet predictions by hand: 2-px border, the model's transform,
+    argmax over the mapped classes (standard) and over all 1000 (reference)."""
+    if not (prepared / "results/evaluate/objectnet").exists():
+        pytest.skip("needs the ObjectNet evaluation of the previous test")
+    from pipeline.benchmarks.catalog import read_benchmark
+    from pipeline.datasets import decode_image
+
+    model, spec = load_model_artifact(prepared / "models/base")
+    model.eval()
+    images = read_benchmark("objectnet", prepared / "objectnet-1.0", imagenet_classes())
+    transform = InputTransform.from_preprocessing(spec["preprocessing"], border=2)
+    normalizer = Normalizer(spec["preprocessing"]["mean"], spec["preprocessing"]["std"])
+    batch = torch.from_numpy(np.stack([transform.image(decode_image(images.root / name)) for name in images.files]))
+    with torch.no_grad():
+        logits = model(normalizer(batch))
+    assert images.classes is not None
+    allowed = torch.tensor(images.classes)
+    standard = allowed[logits[:, allowed].argmax(dim=1)].numpy()
+    table = pq.read_table(prepared / "results/evaluate/objectnet/predictions.parquet")
+    np.testing.assert_array_equal(table.column("base.standard").to_numpy(), standard)
+    np.testing.assert_array_equal(table.column("base.reference").to_numpy(), logits.argmax(dim=1).numpy())
+
+
+def test_report_puts_the_benchmarks_side_by_side(prepared: Path) -> None:
+    if not (prepared / "metrics/evaluate/si_score.json").exists():
+        pytest.skip("needs the evaluations of the previous tests")
+    invoke(prepared, "report")
+    summary = json.loads((prepared / "metrics/evaluate.json").read_text())
+    assert set(summary["benchmarks"]) == {"imagenet_a", "objectnet", "si_score"}
+    accuracies = [summary["benchmarks"][name]["cft"]["accuracy"] for name in summary["benchmarks"]]
+    assert summary["summary"]["cft"]["ood_accuracy_mean"] == pytest.approx(np.mean(accuracies), abs=1e-6)
+    assert (prepared / "plots/summary/accuracy.png").stat().st_size > 0
