@@ -39,7 +39,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
@@ -84,6 +84,12 @@ class BenchmarkImages:
             raise ValueError(f"{self.root}: files, targets and metadata columns differ in length")
         if any(not target for target in self.targets):
             raise ValueError(f"{self.root}: every image needs at least one target class")
+
+    def take(self, indices: list[int]) -> BenchmarkImages:
+        """The same benchmark restricted to ``indices`` (files, targets and metadata alike)."""
+        if len(indices) == len(self.files) and indices == list(range(len(self.files))):
+            return self
+        return replace(self, files=[self.files[i] for i in indices], targets=[self.targets[i] for i in indices], metadata={k: [v[i] for i in indices] for k, v in self.metadata.items()})
 
 
 def read_benchmark(kind: str, root: str | Path, class_names: list[str]) -> BenchmarkImages:

@@ -14,7 +14,7 @@ import torch
 
 from pipeline.atomic import write_json, write_with
 from pipeline.benchmarks.protocols import factor_breakdown, protocols_for
-from pipeline.benchmarks.runner import BenchmarkRun, ModelUnderTest, _readable_only
+from pipeline.benchmarks.runner import BenchmarkRun, ModelUnderTest
 from pipeline.benchmarks.sources import EvalSource
 from pipeline.relevance.maps import relevance_batch
 from pipeline.reporting import write_csv
@@ -52,7 +52,7 @@ def write_benchmark_results(source: EvalSource, run: BenchmarkRun, metrics: dict
     write_with(out_dir / PREDICTIONS_NAME, lambda tmp: pq.write_table(table, tmp))
     if source.images is not None and source.images.kind == "si_score":
         keep = np.flatnonzero(run.readable)
-        images = _readable_only(source.images, keep)
+        images = source.images.take(keep.tolist())
         rows = [{"model": model, **row} for model, per in run.predictions.items() for row in factor_breakdown(images, {p: v[keep] for p, v in per.items()})]
         write_csv(plots_dir / "factors.csv", rows)
         by_factor: dict[str, dict[str, float]] = {}

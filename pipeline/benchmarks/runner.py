@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +214,7 @@ def run_metrics(source: EvalSource, run: BenchmarkRun, seen_classes: set[int] | 
     """model -> flat metrics: accuracy per protocol (seen/unseen classes), relevance scores per group."""
     results: dict[str, dict[str, float]] = {}
     keep = np.flatnonzero(run.readable)
-    images = _readable_only(source.images, keep) if source.images is not None else None
+    images = source.images.take(keep.tolist()) if source.images is not None else None
     for model, per_protocol in run.predictions.items():
         row: dict[str, float] = {"images": int(len(keep)), "unreadable": int((~run.readable).sum())}
         if images is not None:
@@ -228,13 +228,6 @@ def run_metrics(source: EvalSource, run: BenchmarkRun, seen_classes: set[int] | 
             row["background_share"] = round(float(np.mean(run.shares[model])), 6)
         results[model] = row
     return results
-
-
-def _readable_only(images: BenchmarkImages, keep: np.ndarray) -> BenchmarkImages:
-    if len(keep) == len(images.files):
-        return images
-    chosen = keep.tolist()
-    return replace(images, files=[images.files[i] for i in chosen], targets=[images.targets[i] for i in chosen], metadata={k: [v[i] for i in chosen] for k, v in images.metadata.items()})
 
 
 def run_fingerprint(model_dirs: list[Path], settings: dict[str, Any], files: list[str]) -> str:

@@ -98,9 +98,7 @@ def _limited(images: BenchmarkImages, limit: int | None) -> BenchmarkImages:
     if limit is None or limit >= len(images.files):
         return images
     # Spread the limit over the whole benchmark (sorted files cluster by class).
-    keep = np.linspace(0, len(images.files) - 1, limit).round().astype(int).tolist()
-    metadata = {key: [values[i] for i in keep] for key, values in images.metadata.items()}
-    return BenchmarkImages(images.kind, images.root, [images.files[i] for i in keep], [images.targets[i] for i in keep], images.classes, images.border, metadata, images.skipped)
+    return images.take(np.linspace(0, len(images.files) - 1, limit).round().astype(int).tolist())
 
 
 def open_source(name: str, config: BenchmarkConfig, class_names: list[str], transform: InputTransform, manifest_path: Path, manifest: Any, relevance: bool) -> EvalSource:
