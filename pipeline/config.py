@@ -125,6 +125,7 @@ class BaseConfig(StrictConfig):
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to timm.create_model")
     pretrained: bool = Field(False, description="load timm's pretrained weights (HF hub, or `checkpoint`)")
     checkpoint: str | None = Field(None, description="local weights file (safetensors or torch) instead of the hub")
+    classifier_checkpoint: str | None = Field(None, description="DINOv2 classifiers (dinov2_*_lc): Meta's linear head file, e.g. dinov2_vitb14_linear4_head.pth, on top of `checkpoint`")
     phases: list[TrainPhase] = Field(default_factory=list, description="training phases run in order")
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0.0, le=1.0)
@@ -139,6 +140,8 @@ class BaseConfig(StrictConfig):
     def _check_checkpoint(self) -> BaseConfig:
         if self.checkpoint is not None and not self.pretrained:
             raise ValueError("`checkpoint` is set but `pretrained` is false; set pretrained: true to load it")
+        if self.classifier_checkpoint is not None and not self.pretrained:
+            raise ValueError("`classifier_checkpoint` is set but `pretrained` is false; set pretrained: true to load it")
         return self
 
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.atomic import write_json, write_with
 from pipeline.config import BaseConfig
+from pipeline.dinov2_classifier import IMAGENET_CLASSES, VARIANTS as DINOV2_CLASSIFIERS, Dinov2LinearClassifier, LinearHeadError, head_url, load_linear_head
 
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"
@@ -35,10 +36,13 @@ def create_model(config: BaseConfig, num_classes: int, image_size: int | None = 
     import timm
 
     kwargs = dict(config.model_kwargs)
+    head_classes: int | None = None
     if image_size is not None and "img_size" not in kwargs and _is_vision_transformer_name(config.model):
         kwargs["img_size"] = image_size
     if not timm.is_model(config.model):
         raise ModelError(f"unknown timm model {config.model!r} (base.model); see timm.list_models()")
+    if config.classifier_checkpoint is not None and config.model.split(".")[0] not in DINOV2_CLASSIFIERS:
+        raise ModelError(f"base.classifier_checkpoint is for DINOv2 classifiers ({', '.join(DINOV2_CLASSIFIERS)}), not {config.model!r}")
     if config.checkpoint is not None:
         checkpoint = Path(config.checkpoint)
         if not checkpoint.is_file():
@@ -50,10 +54,30 @@ def create_model(config: BaseConfig, num_classes: int, image_size: int | None = 
             overlay["num_classes"] = head_classes
         kwargs["pretrained_cfg_overlay"] = overlay
     try:
-        return timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes, **kwargs)
+        model = timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes, **kwargs)
     except (RuntimeError, OSError, ValueError) as exc:
         source = config.checkpoint or "timm's pretrained weights"
         raise ModelError(f"cannot build {config.model!r} from {source}: {exc}") from exc
+    _add_linear_head(model, config, head_in_checkpoint=config.checkpoint is not None and head_classes is not None)
+    return model
+
+
+def _add_linear_head(model: torch.nn.Module, config: BaseConfig, head_in_checkpoint: bool) -> None:
+    """Meta's head file for a DINOv2 classifier built from a local backbone file (offline route)."""
+    if not isinstance(model, Dinov2LinearClassifier):
+        return
+    if config.classifier_checkpoint is not None:
+        try:
+            load_linear_head(model, config.classifier_checkpoint)
+        except LinearHeadError as exc:
+            raise ModelError(f"{exc} (base.classifier_checkpoint)") from exc
+    elif config.checkpoint is not None and not head_in_checkpoint and model.num_classes == IMAGENET_CLASSES and not config.phases:
+        # An untrained head on ImageNet's classes would be evaluated as if it were Meta's.
+        meta_head = head_url(model.pretrained_cfg["architecture"], model.cls_layers).rsplit("/", 1)[-1]
+        raise ModelError(
+            f"{config.checkpoint}: a backbone without the ImageNet linear head; set base.classifier_checkpoint to "
+            f"Meta's head file ({meta_head}) or add base.phases to train one"
+        )
 
 
 def _checkpoint_head_classes(checkpoint: Path, model_name: str) -> int | None:
@@ -70,7 +94,7 @@ def _checkpoint_head_classes(checkpoint: Path, model_name: str) -> int | None:
 
 
 def _is_vision_transformer_name(name: str) -> bool:
-    return name.startswith(("vit_", "deit", "eva", "beit"))
+    return name.startswith(("vit_", "deit", "eva", "beit", "dinov2_"))
 
 
 def preprocessing_of(model: torch.nn.Module, image_size: int | None) -> dict[str, Any]:

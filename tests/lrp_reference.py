@@ -88,31 +88,55 @@ def explicit_attnlrp(model: nn.Module, images: torch.Tensor, target: torch.Tenso
     hidden = [z]
     for block in model.blocks:
         hidden.append(block(hidden[-1]))
-    normed = model.norm(hidden[-1])
-    if model.global_pool == "token":
-        pooled = normed[:, 0]
+    head_relevance = _head_backward(model, hidden, prefix, target)
+    r = torch.zeros_like(hidden[-1])
+    for depth in range(len(model.blocks), 0, -1):
+        if depth in head_relevance:  # the head reads this block's output (through the final norm)
+            normed, r_normed = head_relevance[depth]
+            r = r + _layer_norm(model.norm, hidden[depth], normed, r_normed)
+        r = _block_backward(model.blocks[depth - 1], hidden[depth - 1], r)
+    r_pre = pre / z * r
+    r_tokens = r_pre[:, prefix:]
+    r_conv_out = r_tokens.transpose(1, 2).reshape(conv_out.shape)
+    back = F.conv_transpose2d(r_conv_out / conv_out, conv.weight, stride=conv.stride)
+    return (images * back).sum(1)
+
+
+def _head_backward(model: nn.Module, hidden: list[torch.Tensor], prefix: int, target: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """{block depth: (normed tokens, their relevance)} for every block output the head reads.
+
+    timm pooling reads the last block's class token or mean patch token; DINOv2 linear
+    classifiers read the class tokens of the last ``cls_layers`` blocks *and* the last block's
+    mean patch token, concatenated.
+    """
+    depth = len(hidden) - 1
+    read = getattr(model, "cls_layers", None)
+    normed = {d: model.norm(hidden[d]) for d in range(depth - (read or 1) + 1, depth + 1)}
+    last = normed[depth]
+    mean_patch = last[:, prefix:].mean(1)
+    if read is not None:
+        pooled = torch.cat([*(normed[d][:, 0] for d in sorted(normed)), mean_patch], dim=1)
     else:
-        pooled = normed[:, prefix:].mean(1)
+        pooled = last[:, 0] if model.global_pool == "token" else mean_patch
     features = model.fc_norm(pooled)
     logits = model.head(features)
 
     r_logits = F.one_hot(target, logits.shape[1]).to(logits) * logits
     r_features = _linear(features, model.head.weight, logits, r_logits)
     r_pooled = _layer_norm(model.fc_norm, pooled, features, r_features)
-    r_normed = torch.zeros_like(normed)
-    if model.global_pool == "token":
-        r_normed[:, 0] = r_pooled
+    r_normed = {d: torch.zeros_like(tokens) for d, tokens in normed.items()}
+    if read is not None:
+        *r_class_tokens, r_mean_patch = r_pooled.split(last.shape[-1], dim=1)
+        for d, r_class in zip(sorted(normed), r_class_tokens, strict=True):
+            r_normed[d][:, 0] = r_class
+    elif model.global_pool == "token":
+        r_normed[depth][:, 0], r_mean_patch = r_pooled, None
     else:
-        patch_tokens = normed[:, prefix:]
-        r_normed[:, prefix:] = (patch_tokens / patch_tokens.shape[1]) / pooled[:, None] * r_pooled[:, None]
-    r = _layer_norm(model.norm, hidden[-1], normed, r_normed)
-    for block, h_in in zip(reversed(model.blocks), reversed(hidden[:-1]), strict=True):
-        r = _block_backward(block, h_in, r)
-    r_pre = pre / z * r
-    r_tokens = r_pre[:, prefix:]
-    r_conv_out = r_tokens.transpose(1, 2).reshape(conv_out.shape)
-    back = F.conv_transpose2d(r_conv_out / conv_out, conv.weight, stride=conv.stride)
-    return (images * back).sum(1)
+        r_mean_patch = r_pooled
+    if r_mean_patch is not None:
+        patch_tokens = last[:, prefix:]
+        r_normed[depth][:, prefix:] = (patch_tokens / patch_tokens.shape[1]) / mean_patch[:, None] * r_mean_patch[:, None]
+    return {d: (normed[d], r_normed[d]) for d in normed}
 
 
 def _prefix_tokens(model: nn.Module, batch: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -187,3 +188,45 @@ def test_concepts_from_an_llm_through_the_cli(tmp_path: Path, tiny_world: Path, 
     assert payload["filter_stats"]["fish"]["dropped"]["context"] == ["blue sky"]
     for path in [*(tmp_path / "concepts").iterdir(), *(tmp_path / "cache").iterdir()]:
         assert "sk-never-in-artifacts" not in path.read_bytes().decode(errors="ignore")
+
+
+MODEL_FAMILIES = {
+    "convnextv2": {"model": "convnextv2_atto", "model_kwargs": {"depths": [1, 1, 1, 1], "dims": [8, 16, 16, 16]}},
+    "dinov2_linear_head": {"model": "dinov2_vits14_lc", "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2}},
+}
+
+
+@pytest.mark.parametrize("family", MODEL_FAMILIES)
+def test_cft_runs_on_every_model_family(tmp_path: Path, family: str) -> None:
+    """base -> masks -> finetune cft -> evaluate through the CLI for the CNN and the DINOv2 classifier."""
+    params = tiny_params(tmp_path / "params.yaml", **MODEL_FAMILIES[family], phases=[{"split": "train", "epochs": 1}])
+    config = yaml.safe_load(params.read_text())
+    config["finetune"] = {**TINY_FINETUNE, "methods": ["cft"], "train": {**TINY_FINETUNE["train"], "epochs": 1, "lr": 1e-3}}
+    params.write_text(yaml.safe_dump(config))
+    common = ["--params", str(params)]
+
+    def invoke(*args: str) -> str:
+        result = runner.invoke(app, [*args, *common])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    invoke("prepare", "--out", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"), "--metrics", str(tmp_path / "m/prepare.json"))
+    invoke("base", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "models/base"), "--metrics", str(tmp_path / "m/base.json"), "--plots", str(tmp_path / "p/base"))
+    invoke("concepts", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "concepts"))
+    invoke("masks", "--data", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"), "--concepts", str(tmp_path / "concepts"), "--out", str(tmp_path / "masks"), "--work", str(tmp_path / "work"), "--sheet", str(tmp_path / "p/masks.png"))
+    invoke(
+        "finetune", "cft", "--base", str(tmp_path / "models/base"), "--data", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"),
+        "--masks", str(tmp_path / "masks"), "--out", str(tmp_path / "models/finetune/cft"), "--checkpoints", str(tmp_path / "ckpt/cft"),
+        "--metrics", str(tmp_path / "m/cft.json"), "--plots", str(tmp_path / "p/cft"),
+    )
+    base, spec = load_model_artifact(tmp_path / "models/base")
+    tuned, _ = load_model_artifact(tmp_path / "models/finetune/cft")
+    assert spec["timm_name"] == MODEL_FAMILIES[family]["model"]
+    assert any(not torch.equal(a, b) for a, b in zip(base.state_dict().values(), tuned.state_dict().values(), strict=True))
+    invoke(
+        "evaluate", "test", "--base", str(tmp_path / "models/base"), "--finetuned", str(tmp_path / "models/finetune"), "--data", str(tmp_path / "data"),
+        "--subset", str(tmp_path / "subset"), "--out", str(tmp_path / "results/test"), "--metrics", str(tmp_path / "m/evaluate/test.json"),
+        "--plots", str(tmp_path / "p/evaluate/test"), "--work", str(tmp_path / "ckpt/evaluate/test"),
+    )
+    models = json.loads((tmp_path / "m/evaluate/test.json").read_text())["models"]
+    assert 0.0 < models["cft"]["miou"] < 1.0 and models["cft"]["miou"] != models["base"]["miou"]
