@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import pipeline.benchmarks.runner as runner_module
 from pipeline.benchmarks.catalog import BenchmarkImages
 from pipeline.benchmarks.runner import ModelUnderTest, run_benchmark, run_metrics
-from pipeline.benchmarks.segmentation import write_segmentation_file
-from pipeline.benchmarks.sources import ArrayItems, EvalSource, FileItems, SegmentationItems
-from pipeline.config import EvaluateConfig
+from pipeline.benchmarks.segmentation import SegmentationScores, write_segmentation_file
+from pipeline.benchmarks.sources import ArrayItems, EvalSource, FileItems, open_source
+from pipeline.config import BenchmarkConfig, EvaluateConfig
 from pipeline.preprocess import InputTransform
+from pipeline.relevance.attnlrp import attnlrp
 from pipeline.training import Normalizer
 
 DEVICE = torch.device("cpu")
@@ -95,9 +97,23 @@ def test_segmentation_benchmark_scores_relevance_of_every_model(tmp_path: Path) 
     for mask in masks:
         mask[5:15, 4:14] = 1
     write_segmentation_file(tmp_path / "gtsegs.mat", images, masks)
-    source = EvalSource("seg", "imagenet_segmentation", SegmentationItems(tmp_path / "gtsegs.mat", 16, None), None, True, ["a", "b", "c"])
-    run = run_benchmark(source, [tiny_model(0)], None, config(workers=2), tmp_path / "work", "e" * 64, DEVICE, progress=False)
+    source = open_source("seg", BenchmarkConfig(kind="imagenet_segmentation", path=str(tmp_path / "gtsegs.mat")), [], InputTransform(16), tmp_path, None, True)
+    entry = tiny_model(0)
+    run = run_benchmark(source, [entry], None, config(workers=2), tmp_path / "work", "e" * 64, DEVICE, progress=False)
     metrics = run_metrics(source, run, None)["m0"]
     assert metrics["images"] == 3
-    assert 0.0 <= metrics["miou"] <= 1.0 and 0.0 <= metrics["ap"] <= 1.0 and 0.0 <= metrics["pixel_accuracy"] <= 1.0
     assert "accuracy" not in metrics  # the segmentation set has no class labels
+
+    # By hand: the predicted class's patch relevance, upsampled bilinearly as in Chefer et al.'s code.
+    items = [source.dataset[i] for i in range(3)]
+    x = entry.normalizer(torch.from_numpy(np.stack([item["image"] for item in items])))
+    target = entry.model(x).argmax(dim=1)
+    relevance = attnlrp(entry.model, x, target)
+    bilinear = F.interpolate(relevance.tokens[:, None], scale_factor=4, mode="bilinear")[:, 0]
+    object_masks = np.stack([item["mask"] for item in items])
+    expected, cells = SegmentationScores(), SegmentationScores()
+    expected.add(bilinear.detach().numpy(), object_masks)
+    cells.add(relevance.upsampled().detach().numpy(), object_masks)
+    for key, value in expected.metrics().items():
+        assert metrics[key] == pytest.approx(value, abs=2e-6), key
+    assert cells.metrics() != expected.metrics()  # the test tells the two upsamplings apart

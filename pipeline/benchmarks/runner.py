@@ -149,7 +149,7 @@ def _run_part(source: EvalSource, indices: list[int], models: list[ModelUnderTes
             else:
                 targets = chosen["standard"]
             count = int(measured.sum())  # parts run in order, so measured images come first
-            maps = np.concatenate([relevance_batch(entry.model, x[o : min(o + config.relevance_batch_size, count)], targets[o : min(o + config.relevance_batch_size, count)], device) for o in range(0, count, config.relevance_batch_size)])
+            maps = np.concatenate([relevance_batch(entry.model, x[o : min(o + config.relevance_batch_size, count)], targets[o : min(o + config.relevance_batch_size, count)], device, source.upsampling) for o in range(0, count, config.relevance_batch_size)])
             masks = batch["mask"][:count].numpy().astype(bool)
             scores[entry.name]["all"].add(maps, masks)
             if seen is not None:

@@ -7,8 +7,8 @@ hila-chefer/Transformer-Explainability, ``baselines/ViT/imagenet_seg_eval.py``,
 ``data/Imagenet.py``, ``utils/metrices.py``):
 
 * image resized to the square input size (no crop), mask resized with nearest neighbour;
-* the relevance map (at input resolution) is min-max normalised per image and binarised at its
-  own mean; pixel accuracy = correct pixels / all pixels (every pixel is labelled);
+* the patch relevance is upsampled bilinearly to the input resolution, min-max normalised per
+  image and binarised at its own mean; pixel accuracy = correct pixels / all pixels (every pixel is labelled);
 * IoU of the two classes (background, object) with intersections and unions *summed over the
   data set*; mIoU = mean of the two;
 * AP per image, averaged over images. Chefer's AP pools both classes: the background channel
@@ -150,7 +150,7 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
     """
     resized = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB").resize((size, size), Image.BILINEAR)
     resized_mask = Image.fromarray(np.asarray(mask, dtype=np.uint8)).resize((size, size), Image.NEAREST)
-    return np.asarray(resized, dtype=np.uint8), np.asarray(resized_mask) != 0
+    return np.array(resized, dtype=np.uint8), np.asarray(resized_mask) != 0  # a writable copy, for torch
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -31,6 +31,7 @@ from pipeline.datasets import decode_image, load_split
 from pipeline.datasets import object_masks as whole_object_masks
 from pipeline.manifest import classes_of, split_rows
 from pipeline.preprocess import InputTransform
+from pipeline.relevance.maps import Upsampling
 
 
 @dataclass
@@ -41,6 +42,7 @@ class EvalSource:
     images: BenchmarkImages | None  # targets, class subset and metadata; None when unlabelled (segmentation)
     has_masks: bool
     captions: list[str]
+    upsampling: Upsampling = "cells"  # how relevance cells become a pixel map for the mask metrics
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -120,7 +122,8 @@ def open_source(name: str, config: BenchmarkConfig, class_names: list[str], tran
     assert config.path is not None  # the config validator requires it
     if config.kind == "imagenet_segmentation":
         dataset = SegmentationItems(Path(config.path), transform.size, config.limit)
-        return EvalSource(name, config.kind, dataset, None, True, [f"image {i}" for i in range(len(dataset))])
+        # Bilinear, as the protocol's reference code upsamples the patch relevance (Chefer et al.)
+        return EvalSource(name, config.kind, dataset, None, True, [f"image {i}" for i in range(len(dataset))], upsampling="bilinear")
     images = _limited(read_benchmark(config.kind, config.path, class_names), config.limit)
     file_transform = InputTransform(transform.size, transform.interpolation, transform.crop_pct, transform.crop_mode, images.border)
     captions = [class_names[targets[0]] for targets in images.targets]

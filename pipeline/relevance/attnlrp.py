@@ -244,6 +244,15 @@ class Relevance:
         (height, width), (ch, cw) = self.pixels.shape[-2:], self.cell
         return self.tokens.repeat_interleave(ch, dim=1).repeat_interleave(cw, dim=2)[:, :height, :width]
 
+    def interpolated(self) -> torch.Tensor:
+        """Cell relevance bilinearly upsampled to image size (half-pixel centres, like
+        ``F.interpolate(..., scale_factor=patch, mode="bilinear")``), the map of the
+        ImageNet-segmentation protocol (Chefer et al.)."""
+        (height, width), (ch, cw) = self.pixels.shape[-2:], self.cell
+        rows, cols = self.tokens.shape[-2:]
+        smooth = F.interpolate(self.tokens[:, None].float(), size=(rows * ch, cols * cw), mode="bilinear", align_corners=False)
+        return smooth[:, 0, :height, :width]
+
 
 def attnlrp(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, create_graph: bool = False) -> Relevance:
     """AttnLRP relevance of ``targets`` (class indices) for normalised ``images`` (B, 3, H, W).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 
@@ -9,10 +11,16 @@ from pipeline.relevance.attnlrp import attnlrp
 from pipeline.training import Normalizer, autocast
 
 
-def relevance_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, device: torch.device) -> np.ndarray:
-    """(B, H, W) maps of ``targets`` for normalised images ``x``."""
+Upsampling = Literal["cells", "bilinear"]
+
+
+def relevance_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, device: torch.device, upsampling: Upsampling = "cells") -> np.ndarray:
+    """(B, H, W) maps of ``targets`` for normalised images ``x``: each grid cell's relevance on its
+    pixels (``cells``, what the fine-tuning loss sees) or bilinearly upsampled (``bilinear``)."""
     with autocast(device):
-        return attnlrp(model, x, targets).upsampled().float().detach().cpu().numpy()
+        relevance = attnlrp(model, x, targets)
+    maps = relevance.upsampled() if upsampling == "cells" else relevance.interpolated()
+    return maps.float().detach().cpu().numpy()
 
 
 def relevance_maps(model: torch.nn.Module, normalizer: Normalizer, images: np.ndarray, targets: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
