@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline.concepts import read_concepts
 from pipeline.config import MasksConfig
-from pipeline.datasets import load_image_list, rows_by_id
+from pipeline.datasets import has_image_files, load_image_list, rows_by_id
 from pipeline.manifest import read_manifest
 from pipeline.mask_store import USABLE_FLAGS, ImageMasks, write_mask_store
 from pipeline.subset import SUBSET_NAME, read_subset, subset_ids
@@ -61,6 +62,8 @@ def build_mask_store(
     else:
         from pipeline.masks_grounded import grounded_sam_masks, load_grounded_sam, slot_count
 
+        if config.resolution is None:
+            _check_one_size(dataset_dir, rows)  # before the models load, not at the first odd image
         models = load_grounded_sam(config)
         resolution = (config.resolution, config.resolution) if config.resolution else tuple(load_images(image_ids[:1])[0].shape[:2])
         stream = grounded_sam_masks(models, config, image_ids, class_names, concepts, load_images, resolution, work_dir, progress)
@@ -98,3 +101,24 @@ def build_mask_store(
         unusable_images=[i for i in image_ids if i not in usable],
         provenance=provenance,
     )
+
+
+def _check_one_size(dataset_dir: Path, rows: pa.Table) -> None:
+    """Masks without ``masks.resolution`` are stored at the images' size, so all must share it."""
+    from PIL import Image
+
+    if not has_image_files(rows):
+        return  # array sources (the world) are stacked, hence one size
+    first: tuple[str, tuple[int, int]] | None = None
+    for source, index in zip(rows.column("source").to_pylist(), rows.column("source_index").to_pylist(), strict=True):
+        if index >= 0:
+            continue
+        with Image.open(dataset_dir / source) as image:  # reads the header only
+            size = image.size
+        if first is None:
+            first = (source, size)
+        elif size != first[1]:
+            raise ValueError(
+                f"{dataset_dir / source}: {size[0]}x{size[1]} pixels, unlike {first[0]}'s {first[1][0]}x{first[1][1]}; "
+                "set masks.resolution (e.g. 224) to store every mask at one size"
+            )

@@ -187,3 +187,29 @@ def test_report_puts_the_benchmarks_side_by_side(prepared: Path) -> None:
     accuracies = [summary["benchmarks"][name]["cft"]["accuracy"] for name in summary["benchmarks"]]
     assert summary["summary"]["cft"]["ood_accuracy_mean"] == pytest.approx(np.mean(accuracies), abs=1e-6)
     assert (prepared / "plots/summary/accuracy.png").stat().st_size > 0
+
+
+def test_masks_of_images_of_several_sizes_need_a_resolution_before_models_load(prepared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grounded-SAM stores masks at the images' size unless masks.resolution is set: mixed sizes
+    are refused up front, naming a file, instead of after the models loaded and segmented."""
+    import pipeline.masks_grounded
+    from pipeline.concepts import write_concepts
+    from pipeline.config import MasksConfig
+    from pipeline.mask_backends import build_mask_store
+    from pipeline.manifest import read_manifest
+    from pipeline.subset import SUBSET_NAME, read_subset, subset_ids
+
+    subset, _ = read_subset(prepared / "data/subset" / SUBSET_NAME)
+    manifest = read_manifest(prepared / "data/prepared/manifest.parquet")
+    sources = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("source").to_pylist(), strict=True))
+    sizes = {Image.open(prepared / "data/prepared" / sources[i]).size for i in subset_ids(subset, "finetune")}
+    assert len(sizes) > 1  # the fixture's photos are 48x40 and 48x48
+
+    def refuse(_: object) -> None:
+        raise AssertionError("the models were loaded before the sizes were checked")
+
+    monkeypatch.setattr(pipeline.masks_grounded, "load_grounded_sam", refuse)
+    write_concepts(prepared / "concepts_sizes", {}, {"source": "test"})
+    config = MasksConfig(backend="grounded_sam", resolution=None, grounded_sam={"grounding": {"checkpoint": "dino.pth"}, "sam": {"checkpoint": "sam.pth"}})
+    with pytest.raises(ValueError, match=r"\.JPEG: 48x\d\d pixels, unlike .*; set masks.resolution"):
+        build_mask_store(config, prepared / "data/prepared", prepared / "data/subset", prepared / "concepts_sizes", prepared / "masks_sizes", prepared / "work_sizes", None)
