@@ -27,7 +27,6 @@ METRICS = ("accuracy_seen", "accuracy_unseen", "miou", "background_share")
 
 def run_seed(seed: int, params_file: Path, work: Path) -> dict[str, Any]:
     root = work / f"seed{seed}"
-    metrics_file = root / "metrics" / "evaluate.json"
     root.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load(params_file.read_text())
     params["data"]["seed"] = seed
@@ -43,6 +42,7 @@ def run_seed(seed: int, params_file: Path, work: Path) -> dict[str, Any]:
         subprocess.run([sys.executable, "-m", "stages.cli", *args, "--params", str(root / "params.yaml")], check=True, cwd=Path(__file__).resolve().parents[1])
 
     data, subset = str(root / "data/prepared"), str(root / "data/subset")
+    metrics_file = root / "metrics" / "evaluate.json"
     cft("prepare", "--out", data, "--subset", subset, "--metrics", str(root / "metrics/prepare.json"), unless=subset)
     cft("base", "--data", data, "--out", str(root / "models/base"), "--metrics", str(root / "metrics/base.json"), "--plots", str(root / "plots/base"), unless=str(root / "models/base"))
     cft("concepts", "--data", data, "--out", str(root / "data/concepts"), unless=str(root / "data/concepts"))
@@ -54,9 +54,19 @@ def run_seed(seed: int, params_file: Path, work: Path) -> dict[str, Any]:
             "--metrics", str(root / f"metrics/finetune/{method}.json"), "--plots", str(root / f"plots/finetune/{method}"),
             unless=str(root / f"models/finetune/{method}"),
         )
-    if metrics_file.is_file() and list(json.loads(metrics_file.read_text())["summary"]) == ["base", *params["finetune"]["methods"]]:
-        return json.loads(metrics_file.read_text())
-    cft("evaluate", "--base", str(root / "models/base"), "--finetuned", str(root / "models/finetune"), "--data", data, "--subset", subset, "--metrics", str(metrics_file), "--plots", str(root / "plots/evaluate"))
+    benchmarks = list(params["evaluate"]["benchmarks"])
+    for benchmark in benchmarks:
+        # a benchmark evaluated before a method was added lacks it: evaluate again (parts of the
+        # other models' run are not reused, as the set of models is part of the run's fingerprint)
+        done = root / "metrics/evaluate" / f"{benchmark}.json"
+        if done.is_file() and list(json.loads(done.read_text())["models"]) == ["base", *params["finetune"]["methods"]]:
+            continue
+        cft(
+            "evaluate", benchmark, "--base", str(root / "models/base"), "--finetuned", str(root / "models/finetune"), "--data", data, "--subset", subset,
+            "--out", str(root / "results/evaluate" / benchmark), "--metrics", str(done), "--plots", str(root / "plots/evaluate" / benchmark),
+            "--work", str(root / "checkpoints/evaluate" / benchmark),
+        )
+    cft("report", "--results", str(root / "metrics/evaluate"), "--metrics", str(metrics_file), "--plots", str(root / "plots/summary"))
     return json.loads(metrics_file.read_text())
 
 
@@ -67,27 +77,27 @@ def cell(values: list[float]) -> str:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    models = list(results[0]["splits"])
-    splits = list(results[0]["splits"][models[0]])
-    lines = ["| split | metric | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
-    for split in splits:
+    benchmarks = list(results[0]["benchmarks"])
+    models = list(results[0]["benchmarks"][benchmarks[0]])
+    lines = ["| benchmark | metric | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
+    for benchmark in benchmarks:
         for metric in METRICS:
-            if metric not in results[0]["splits"][models[0]][split]:
+            if metric not in results[0]["benchmarks"][benchmark][models[0]]:
                 continue
-            row = [cell([r["splits"][m][split][metric] for r in results]) for m in models]
-            lines.append(f"| {split} | {metric} | " + " | ".join(row) + " |")
+            row = [cell([r["benchmarks"][benchmark][m][metric] for r in results]) for m in models]
+            lines.append(f"| {benchmark} | {metric} | " + " | ".join(row) + " |")
     for key in results[0]["summary"][models[0]]:
         row = [cell([r["summary"][m][key] for r in results if key in r["summary"][m]]) for m in models]
         lines.append(f"| summary | {key} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/cft-seeds"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = [run_seed(seed, args.params.resolve(), args.work.resolve()) for seed in args.seeds]
     print(f"seeds {args.seeds}; cells are mean ± half the range over seeds")
     print(table(results))

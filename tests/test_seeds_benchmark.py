@@ -1,0 +1,46 @@
+"""`benchmarks/seeds.py`: the whole method per seed through the CLI, then one table over seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+from stages.cli import app
+from tests.test_stages import tiny_params
+
+
+def load_seeds_script():  # benchmarks/ is scripts, not a package
+    spec = importlib.util.spec_from_file_location("seeds", Path(__file__).resolve().parents[1] / "benchmarks" / "seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_one_table_over_seeds_with_every_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    seeds = load_seeds_script()
+
+    def in_process(command: list[str], check: bool, cwd: Path) -> None:
+        """The script's ``python -m stages.cli <args>``, run in this process (no start-up per stage)."""
+        assert command[1:3] == ["-m", "stages.cli"] and check
+        result = CliRunner().invoke(app, command[3:])
+        assert result.exit_code == 0, result.output
+
+    monkeypatch.setattr(seeds, "subprocess", SimpleNamespace(run=in_process))
+    params = tiny_params(tmp_path / "params.yaml")
+    seeds.main(["--seeds", "3", "4", "--params", str(params), "--work", str(tmp_path / "work")])
+    table = capsys.readouterr().out
+    assert "| benchmark | metric | base | cft | plain |" in table
+    assert "| swapped_bg | miou |" in table and "| summary | ood_accuracy_mean |" in table
+    for seed in (3, 4):
+        report = json.loads((tmp_path / f"work/seed{seed}/metrics/evaluate.json").read_text())
+        assert set(report["benchmarks"]) == {"test", "swapped_bg"}
+    first = json.loads((tmp_path / "work/seed3/metrics/evaluate.json").read_text())
+    second = json.loads((tmp_path / "work/seed4/metrics/evaluate.json").read_text())
+    assert first != second  # the seed reaches data, subset, base and fine-tuning
+    spread = [line for line in table.splitlines() if line.startswith("| test | accuracy_seen |")]
+    assert spread and "±" in spread[0]
