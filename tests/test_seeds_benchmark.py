@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -14,7 +14,7 @@ from stages.cli import app
 from tests.test_stages import tiny_params
 
 
-def load_seeds_script():  # benchmarks/ is scripts, not a package
+def load_seeds_script() -> ModuleType:  # benchmarks/ is scripts, not a package
     spec = importlib.util.spec_from_file_location("seeds", Path(__file__).resolve().parents[1] / "benchmarks" / "seeds.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
