@@ -4,8 +4,9 @@ Each seed runs prepare → base → concepts → masks → finetune (every metho
 `cft` commands, in its own folder, with ``data.seed``, ``data.subset.seed``, ``base.seed`` and
 ``finetune.train.seed`` all set to the seed (everything else from the params file). Outputs of an
 earlier run in the same folder are reused (a stage is skipped when its output exists), so adding
-a method to ``finetune.methods`` only trains that method and re-evaluates; use a new ``--work``
-folder after changing anything else.
+a method to ``finetune.methods`` only trains that method and re-evaluates. Any other change of
+params, or of the pipeline's code, stops the script (``stamp.json`` in each seed folder records
+both): use a new ``--work`` folder then.
 
     python benchmarks/seeds.py --seeds 0 1 2 --work /tmp/cft-seeds    # prints a markdown table
 """
@@ -25,6 +26,24 @@ import yaml
 METRICS = ("accuracy_seen", "accuracy_unseen", "miou", "background_share")
 
 
+def check_reusable(root: Path, params: dict[str, Any]) -> None:
+    """Outputs in ``root`` are reused only if the same code made them from the same params (a new
+    method may be added); otherwise stop rather than mix stale models into the table."""
+    from pipeline.checkpoint import source_digest
+
+    stamp_path = root / "stamp.json"
+    stamp = {"code": source_digest(), "params": params}
+    if stamp_path.is_file():
+        old = json.loads(stamp_path.read_text())
+        changed = [] if old["code"] == stamp["code"] else ["pipeline code"]
+        changed += [f"params '{key}'" for key in params if key != "finetune" and old["params"].get(key) != params[key]]
+        earlier = old["params"]["finetune"]
+        changed += [f"params 'finetune.{key}'" for key in params["finetune"] if key != "methods" and key in earlier and earlier[key] != params["finetune"][key]]
+        if changed:
+            raise SystemExit(f"{root}: made with different {', '.join(changed)}; use a new --work folder")
+    stamp_path.write_text(json.dumps(stamp, indent=1, sort_keys=True))
+
+
 def run_seed(seed: int, params_file: Path, work: Path) -> dict[str, Any]:
     root = work / f"seed{seed}"
     root.mkdir(parents=True, exist_ok=True)
@@ -33,6 +52,7 @@ def run_seed(seed: int, params_file: Path, work: Path) -> dict[str, Any]:
     params["data"].setdefault("subset", {})["seed"] = seed
     params["base"]["seed"] = seed
     params["finetune"]["train"]["seed"] = seed
+    check_reusable(root, params)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
     def cft(*args: str, unless: str | None = None) -> None:

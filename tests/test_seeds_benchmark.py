@@ -8,6 +8,7 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from stages.cli import app
@@ -44,3 +45,21 @@ def test_one_table_over_seeds_with_every_benchmark(tmp_path: Path, capsys: pytes
     assert first != second  # the seed reaches data, subset, base and fine-tuning
     spread = [line for line in table.splitlines() if line.startswith("| test | accuracy_seen |")]
     assert spread and "±" in spread[0]
+
+
+def test_outputs_of_other_code_or_params_are_not_reused(tmp_path: Path) -> None:
+    seeds = load_seeds_script()
+    params = yaml.safe_load(tiny_params(tmp_path / "params.yaml").read_text())
+    root = tmp_path / "seed0"
+    root.mkdir()
+    seeds.check_reusable(root, params)
+    seeds.check_reusable(root, params)  # same code, same params: reuse
+    with_method = {**params, "finetune": {**params["finetune"], "methods": ["cft", "plain", "fgbg"], "fgbg": {"objective": "relevance", "masks": "object"}}}
+    seeds.check_reusable(root, with_method)  # a new method: the others are reused
+    changed = {**params, "base": {**params["base"], "lr": 0.5}}
+    with pytest.raises(SystemExit, match="seed0: made with different params 'base'; use a new --work folder"):
+        seeds.check_reusable(root, changed)
+    stamp = json.loads((root / "stamp.json").read_text())
+    (root / "stamp.json").write_text(json.dumps({**stamp, "code": "0" * 64}))
+    with pytest.raises(SystemExit, match="made with different pipeline code;"):
+        seeds.check_reusable(root, with_method)
