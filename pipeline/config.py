@@ -296,10 +296,18 @@ class RelevanceObjective(StrictConfig):
         return background, foreground
 
 
+CORRUPTION_NAMES = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "gaussian_blur", "contrast", "pixelate")
+
+
 class LabelsObjective(StrictConfig):
-    """Plain fine-tuning: cross-entropy on the labels, same images and schedule."""
+    """Plain fine-tuning: cross-entropy on the labels, same images and schedule. With
+    ``corruptions``, the corruption baseline: a share of the training images is corrupted first
+    (ImageNet-C corruptions, :mod:`pipeline.corruptions`)."""
 
     objective: Literal["labels"]
+    corruptions: list[Literal[CORRUPTION_NAMES]] = Field(default_factory=list, description="ImageNet-C corruptions drawn from per image; empty: plain fine-tuning")  # type: ignore[valid-type]
+    severity: int = Field(3, ge=1, le=5, description="ImageNet-C severity of every corruption")
+    corrupted_share: float = Field(0.5, gt=0.0, le=1.0, description="probability that a training image is corrupted")
 
 
 MethodConfig = Annotated[RelevanceObjective | LabelsObjective, Field(discriminator="objective")]

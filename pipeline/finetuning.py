@@ -1,4 +1,5 @@
-"""Fine-tuning the base model on the subset: concept-guided (relevance) or plain (labels).
+"""Fine-tuning the base model on the subset: concept-guided (relevance) or on the labels (plain,
+or on a share of corrupted images: the corruption baseline).
 
 Both methods share the schedule (``finetune.train``): same images, augmentation, optimiser
 (AdamW), step decay and epoch selection, so they differ only in the objective. After every epoch
@@ -22,7 +23,8 @@ from tqdm import tqdm
 
 from pipeline.array_store import StoreError
 from pipeline.checkpoint import fingerprint, load_state, save_state, source_digest
-from pipeline.config import FinetuneConfig, RelevanceObjective
+from pipeline.corruptions import corrupt_batch
+from pipeline.config import FinetuneConfig, LabelsObjective, RelevanceObjective
 from pipeline.datasets import ArraySplit, has_image_files, load_images, object_masks, rows_by_id
 from pipeline.manifest import read_manifest
 from pipeline.mask_store import MaskStore
@@ -173,6 +175,7 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
         curves.append({"epoch": 0, **monitor()})  # the base model, for reference; never selected
     images = torch.from_numpy(data.images)
     labels = torch.from_numpy(data.labels)
+    corruptions = config.objective if isinstance(config.objective, LabelsObjective) and config.objective.corruptions else None
     steps_per_epoch = math.ceil(len(data) / train.batch_size)
     started = time.perf_counter()
     with tqdm(total=steps_per_epoch * train.epochs, initial=steps_per_epoch * start_epoch, desc=f"finetune/{config.method}", unit="step", disable=not progress) as bar:
@@ -181,7 +184,10 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
             sums: dict[str, float] = {}
             correct = 0
             for batch in shuffled_batches(len(data), train.batch_size, generator):
-                x = normalizer(images[batch].to(device))
+                raw = images[batch].to(device)
+                if corruptions:
+                    raw = corrupt_batch(raw, corruptions.corruptions, corruptions.severity, corruptions.corrupted_share, generator)
+                x = normalizer(raw)
                 m = mask_tensor[batch][:, None].to(device)
                 x, m = joint_augment(x, m, generator, train.augment.flip, train.augment.min_crop_scale)
                 y = labels[batch].to(device)

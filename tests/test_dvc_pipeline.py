@@ -48,12 +48,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage(project: Path) -> None:
     output = run(["dvc", "repro"], project)
-    for stage in ("prepare", "base", "concepts", "masks", "finetune@cft", "finetune@plain", "evaluate@test", "evaluate@swapped_bg", "report"):
+    for stage in ("prepare", "base", "concepts", "masks", "finetune@cft", "finetune@plain", "finetune@corruptions", "evaluate@test", "evaluate@swapped_bg", "report"):
         assert f"Running stage '{stage}'" in output
     metrics = json.loads((project / "metrics" / "base.json").read_text())
     assert "swapped_bg" in metrics["accuracy"]
     evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert set(evaluation["summary"]) == {"base", "cft", "plain"}
+    assert set(evaluation["summary"]) == {"base", "cft", "plain", "corruptions"}
     assert (project / "models" / "base" / "model.safetensors").is_file()
     assert (project / "dvc.lock").is_file()
 

@@ -59,7 +59,10 @@ def interrupt_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
     monkeypatch.setattr(finetuning, "joint_augment", counting)
 
 
-@pytest.mark.parametrize("objective", [RelevanceObjective(objective="relevance"), LabelsObjective(objective="labels")], ids=["cft", "plain"])
+CORRUPTIONS = LabelsObjective(objective="labels", corruptions=["gaussian_noise", "contrast", "pixelate"], severity=5, corrupted_share=0.75)
+
+
+@pytest.mark.parametrize("objective", [RelevanceObjective(objective="relevance"), LabelsObjective(objective="labels"), CORRUPTIONS], ids=["cft", "plain", "corruptions"])
 def test_interrupted_run_resumes_to_identical_weights(inputs: finetuning.FinetuneInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, objective: RelevanceObjective | LabelsObjective) -> None:
     run = config(objective)
     reference = finetuning.finetune(run, inputs, tmp_path / "uninterrupted", progress=False)
@@ -109,3 +112,21 @@ def test_overlay_takes_the_classes_in_turn() -> None:
     assert finetuning.overlay_indices(labels, 4).tolist() == [0, 3, 5, 1]
     assert finetuning.overlay_indices(labels, 10).tolist() == [0, 3, 5, 1, 4, 2]
     assert finetuning.overlay_indices(labels, 0).tolist() == []
+
+
+def test_corruption_baseline_trains_on_corrupted_images(inputs: finetuning.FinetuneInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float] = []
+    original = finetuning.corrupt_batch
+
+    def spying(images: torch.Tensor, *args: object) -> torch.Tensor:
+        out = original(images, *args)
+        seen.append((out != images).any(dim=(1, 2, 3)).float().mean().item())
+        return out
+
+    monkeypatch.setattr(finetuning, "corrupt_batch", spying)
+    plain = finetuning.finetune(config(LabelsObjective(objective="labels")), inputs, tmp_path / "plain", progress=False)
+    assert seen == []  # plain fine-tuning never corrupts (and draws nothing from the generator for it)
+    corrupted = finetuning.finetune(config(CORRUPTIONS), inputs, tmp_path / "corrupted", progress=False)
+    assert len(seen) == 3 * 3 and 0.5 < sum(seen) / len(seen) < 1.0  # about 75 % of the images, every batch
+    assert any(not torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(), corrupted.model.state_dict().values(), strict=True))
+    assert corrupted.spec["finetune"]["objective"]["corruptions"] == ["gaussian_noise", "contrast", "pixelate"]
