@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.config import RelevanceObjective
+from pipeline.objective import relevance_loss
 from pipeline.relevance.attnlrp import attnlrp, attnlrp_rules
 
 Objective = Callable[[], torch.Tensor]
@@ -45,3 +47,24 @@ def assert_untouched_outside_the_context(model: nn.Module, x: torch.Tensor) -> N
     assert not any("forward" in vars(module) for module in model.modules())
     assert torch.equal(model(x), before)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def assert_fine_tuning_steps_move_the_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> None:
+    """Three AdamW steps on the CFT objective (masks: the left half) give finite gradients for every
+    trainable parameter, lower the loss and change the relevance map."""
+    masks = torch.zeros(len(x), *x.shape[-2:])
+    masks[:, :, : x.shape[-1] // 2] = 1.0
+    before = attnlrp(model, x, target).upsampled()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(3):
+        relevance = attnlrp(model, x, target, create_graph=True)
+        loss, _ = relevance_loss(relevance.upsampled(), masks, relevance.logits, RelevanceObjective(objective="relevance"))
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert not torch.allclose(before, attnlrp(model, x, target).upsampled())
+    assert losses[-1] < losses[0]

@@ -9,10 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import RelevanceObjective
-from pipeline.objective import relevance_loss
 from pipeline.relevance.attnlrp import CNN_CELL, UnsupportedModelError, attnlrp, attnlrp_rules, relevance_cell
-from tests.relevance_checks import assert_gradients_match_finite_differences, assert_untouched_outside_the_context
+from tests.relevance_checks import assert_fine_tuning_steps_move_the_map, assert_gradients_match_finite_differences, assert_untouched_outside_the_context
 from tests.lrp_reference import explicit_convnext_lrp
 
 TINY = {"num_classes": 5, "depths": (1, 1, 1, 1), "dims": (8, 16, 16, 16)}
@@ -128,25 +126,7 @@ def test_relevance_grid_cells() -> None:
 
 def test_fine_tuning_steps_move_the_map() -> None:
     model = tiny_convnext(seed=3, conv_mlp=False, drop_path_rate=0.1).float().train()
-    x, target = images(count=4).float(), torch.tensor([0, 1, 2, 3])
-    masks = torch.zeros(4, 32, 32)
-    masks[:, :, :16] = 1.0
-    objective = RelevanceObjective(objective="relevance")
-    before = attnlrp(model, x, target).upsampled()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(3):
-        relevance = attnlrp(model, x, target, create_graph=True)
-        loss, terms = relevance_loss(relevance.upsampled(), masks, relevance.logits, objective)
-        optimizer.zero_grad()
-        loss.backward()
-        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-        optimizer.step()
-        losses.append(loss.item())
-    after = attnlrp(model, x, target).upsampled()
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert not torch.allclose(before, after)
-    assert losses[-1] < losses[0]
+    assert_fine_tuning_steps_move_the_map(model, images(count=4).float(), torch.tensor([0, 1, 2, 3]))
 
 
 def test_unsupported_models_are_named() -> None:

@@ -16,13 +16,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 import pipeline.dinov2_classifier as dinov2
-from pipeline.config import BaseConfig, RelevanceObjective, TrainPhase
+from pipeline.config import BaseConfig, TrainPhase
 from pipeline.dinov2_classifier import Dinov2LinearClassifier, head_url
 from pipeline.models import ModelError, create_model, load_model_artifact, preprocessing_of, save_model_artifact
-from pipeline.objective import relevance_loss
 from pipeline.relevance.attnlrp import attnlrp, relevance_cell
 from tests.lrp_reference import explicit_attnlrp
-from tests.relevance_checks import assert_gradients_match_finite_differences, assert_untouched_outside_the_context
+from tests.relevance_checks import assert_fine_tuning_steps_move_the_map, assert_gradients_match_finite_differences, assert_untouched_outside_the_context
 
 TINY = {"img_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 5, "num_heads": 2, "init_values": 0.3}
 VARIANTS = {
@@ -153,22 +152,7 @@ def test_model_is_untouched_outside_the_context() -> None:
 
 def test_fine_tuning_steps_move_the_map() -> None:
     model = tiny_classifier(seed=3, drop_path_rate=0.1).float().train()
-    x, target = images(count=4).float(), torch.tensor([0, 1, 2, 3])
-    masks = torch.zeros(4, 16, 16)
-    masks[:, :, :8] = 1.0
-    before = attnlrp(model, x, target).upsampled()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(3):
-        relevance = attnlrp(model, x, target, create_graph=True)
-        loss, _ = relevance_loss(relevance.upsampled(), masks, relevance.logits, RelevanceObjective(objective="relevance"))
-        optimizer.zero_grad()
-        loss.backward()
-        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
-        optimizer.step()
-        losses.append(loss.item())
-    assert not torch.allclose(before, attnlrp(model, x, target).upsampled())
-    assert losses[-1] < losses[0]
+    assert_fine_tuning_steps_move_the_map(model, images(count=4).float(), torch.tensor([0, 1, 2, 3]))
 
 
 # --- loading: local backbone + head files, Meta's raw backbone, the hub route, artifacts ----------

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,25 @@ def tiny_params(path: Path, **base_overrides: object) -> Path:
 
 
 runner = CliRunner()
+
+
+def cli(params: Path) -> Callable[..., str]:
+    """``cft <args> --params <params>`` in process; fails the test on a non-zero exit, else returns the output."""
+
+    def invoke(*args: str) -> str:
+        result = runner.invoke(app, [*args, "--params", str(params)])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    return invoke
+
+
+def run_until_masks(invoke: Callable[..., str], root: Path) -> str:
+    """prepare -> base -> concepts -> masks into ``root``; the masks stage's output."""
+    invoke("prepare", "--out", str(root / "data"), "--subset", str(root / "subset"), "--metrics", str(root / "m/prepare.json"))
+    invoke("base", "--data", str(root / "data"), "--out", str(root / "models/base"), "--metrics", str(root / "m/base.json"), "--plots", str(root / "p/base"))
+    invoke("concepts", "--data", str(root / "data"), "--out", str(root / "concepts"))
+    return invoke("masks", "--data", str(root / "data"), "--subset", str(root / "subset"), "--concepts", str(root / "concepts"), "--out", str(root / "masks"), "--work", str(root / "work"), "--sheet", str(root / "p/masks.png"))
 
 
 @pytest.mark.parametrize("command", [[], ["prepare"], ["base"], ["concepts"], ["masks"], ["finetune"], ["evaluate"]])
@@ -99,18 +119,8 @@ def test_base_rejects_a_phase_on_a_missing_split(tmp_path: Path, tiny_world: Pat
 
 def test_whole_method_through_the_cli(tmp_path: Path) -> None:
     """prepare -> base -> concepts -> masks -> finetune (cft, plain) -> evaluate, on a tiny world."""
-    params = tiny_params(tmp_path / "params.yaml")
-    common = ["--params", str(params)]
-
-    def invoke(*args: str) -> str:
-        result = runner.invoke(app, [*args, *common])
-        assert result.exit_code == 0, result.output
-        return result.output
-
-    invoke("prepare", "--out", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"), "--metrics", str(tmp_path / "m/prepare.json"))
-    invoke("base", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "models/base"), "--metrics", str(tmp_path / "m/base.json"), "--plots", str(tmp_path / "p/base"))
-    invoke("concepts", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "concepts"))
-    output = invoke("masks", "--data", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"), "--concepts", str(tmp_path / "concepts"), "--out", str(tmp_path / "masks"), "--work", str(tmp_path / "work"), "--sheet", str(tmp_path / "p/masks.png"))
+    invoke = cli(tiny_params(tmp_path / "params.yaml"))
+    output = run_until_masks(invoke, tmp_path)
     assert "ok " in output and (tmp_path / "p/masks.png").stat().st_size > 0
     for method in ("cft", "plain"):
         output = invoke(
@@ -203,17 +213,8 @@ def test_cft_runs_on_every_model_family(tmp_path: Path, family: str) -> None:
     config = yaml.safe_load(params.read_text())
     config["finetune"] = {**TINY_FINETUNE, "methods": ["cft"], "train": {**TINY_FINETUNE["train"], "epochs": 1, "lr": 1e-3}}
     params.write_text(yaml.safe_dump(config))
-    common = ["--params", str(params)]
-
-    def invoke(*args: str) -> str:
-        result = runner.invoke(app, [*args, *common])
-        assert result.exit_code == 0, result.output
-        return result.output
-
-    invoke("prepare", "--out", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"), "--metrics", str(tmp_path / "m/prepare.json"))
-    invoke("base", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "models/base"), "--metrics", str(tmp_path / "m/base.json"), "--plots", str(tmp_path / "p/base"))
-    invoke("concepts", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "concepts"))
-    invoke("masks", "--data", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"), "--concepts", str(tmp_path / "concepts"), "--out", str(tmp_path / "masks"), "--work", str(tmp_path / "work"), "--sheet", str(tmp_path / "p/masks.png"))
+    invoke = cli(params)
+    run_until_masks(invoke, tmp_path)
     invoke(
         "finetune", "cft", "--base", str(tmp_path / "models/base"), "--data", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"),
         "--masks", str(tmp_path / "masks"), "--out", str(tmp_path / "models/finetune/cft"), "--checkpoints", str(tmp_path / "ckpt/cft"),
