@@ -117,7 +117,7 @@ def corrupt_batch(images: torch.Tensor, names: list[str], severity: int, share: 
     which = torch.randint(len(names), (len(images),), generator=generator)
     out = images.clone()
     for index, name in enumerate(names):
-        selected = torch.nonzero(chosen & (which == index)).flatten()
+        selected = torch.nonzero(chosen & (which == index)).flatten().to(images.device)
         if len(selected):
-            out[selected.to(images.device)] = corrupt(images[selected.to(images.device)], name, severity, generator)
+            out[selected] = corrupt(images[selected], name, severity, generator)
     return out

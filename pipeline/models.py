@@ -58,7 +58,7 @@ def create_model(config: BaseConfig, num_classes: int, image_size: int | None = 
     except (RuntimeError, OSError, ValueError) as exc:
         source = config.checkpoint or "timm's pretrained weights"
         raise ModelError(f"cannot build {config.model!r} from {source}: {exc}") from exc
-    _add_linear_head(model, config, head_in_checkpoint=config.checkpoint is not None and head_classes is not None)
+    _add_linear_head(model, config, head_in_checkpoint=head_classes is not None)  # set only with a checkpoint
     return model
 
 

@@ -37,6 +37,23 @@ def assert_gradients_match_finite_differences(model: nn.Module, objective: Objec
         assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-8), name
 
 
+def assert_alignment_gradients_match_finite_differences(model: nn.Module, x: torch.Tensor, target: torch.Tensor, probed: list[tuple[str, tuple[int, ...]]], pixel_term: bool = False) -> None:
+    """:func:`assert_gradients_match_finite_differences` for a loss of the kind fine-tuning uses:
+    random weights times the cell map plus a squared distance to a random mask (and, with
+    ``pixel_term``, the weights times the pixel map, for rules whose pixel detail matters)."""
+    generator = torch.Generator().manual_seed(5)
+    weights = torch.randn(len(x), *x.shape[-2:], generator=generator, dtype=torch.float64)
+    mask = (torch.rand(len(x), *x.shape[-2:], generator=generator) > 0.5).double()
+
+    def objective() -> torch.Tensor:
+        relevance = attnlrp(model, x, target, create_graph=True)
+        upsampled = relevance.upsampled()
+        loss = (weights * upsampled).sum() + 0.5 * ((upsampled - mask) ** 2).sum()
+        return loss + (weights * relevance.pixels).sum() if pixel_term else loss
+
+    assert_gradients_match_finite_differences(model, objective, probed)
+
+
 def assert_untouched_outside_the_context(model: nn.Module, x: torch.Tensor) -> None:
     """After a relevance pass, and after one interrupted by an error, the model computes exactly what it did."""
     before = model(x)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.relevance.attnlrp import UnsupportedModelError, attnlrp, attnlrp_rules
-from tests.relevance_checks import assert_gradients_match_finite_differences, assert_untouched_outside_the_context
+from tests.relevance_checks import assert_alignment_gradients_match_finite_differences, assert_untouched_outside_the_context
 from tests.lrp_reference import explicit_attnlrp
 
 VARIANTS = {
@@ -78,11 +78,6 @@ def test_approximate_conservation_with_attention() -> None:
     assert relative_error < 0.2, f"median relative conservation error {relative_error:.3f}"
 
 
-def alignment_objective(model: nn.Module, x: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    relevance = attnlrp(model, x, target, create_graph=True).upsampled()
-    return (weights * relevance).sum() + 0.5 * ((relevance - mask) ** 2).sum()
-
-
 PROBED = [
     ("cls_token", (0, 0, 3)),
     ("pos_embed", (0, 2, 5)),
@@ -101,11 +96,7 @@ PROBED = [
 
 def test_relevance_gradient_matches_finite_differences() -> None:
     model = tiny_vit(init_values=0.3)
-    x, target = images(count=2), torch.tensor([3, 1])
-    generator = torch.Generator().manual_seed(5)
-    weights = torch.randn(2, 16, 16, generator=generator, dtype=torch.float64)
-    mask = (torch.rand(2, 16, 16, generator=generator) > 0.5).double()
-    assert_gradients_match_finite_differences(model, lambda: alignment_objective(model, x, target, weights, mask), PROBED)
+    assert_alignment_gradients_match_finite_differences(model, images(count=2), torch.tensor([3, 1]), PROBED)
 
 
 def test_model_is_untouched_outside_the_context() -> None:

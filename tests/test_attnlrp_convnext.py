@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.relevance.attnlrp import CNN_CELL, UnsupportedModelError, attnlrp, attnlrp_rules, relevance_cell
-from tests.relevance_checks import assert_fine_tuning_steps_move_the_map, assert_gradients_match_finite_differences, assert_untouched_outside_the_context
+from tests.relevance_checks import assert_alignment_gradients_match_finite_differences, assert_fine_tuning_steps_move_the_map, assert_untouched_outside_the_context
 from tests.lrp_reference import explicit_convnext_lrp
 
 TINY = {"num_classes": 5, "depths": (1, 1, 1, 1), "dims": (8, 16, 16, 16)}
@@ -62,12 +62,6 @@ def test_exact_conservation_without_biases(variant: str) -> None:
     torch.testing.assert_close(relevance.tokens.sum((1, 2)), logits, rtol=1e-9, atol=1e-12)
 
 
-def alignment_objective(model: nn.Module, x: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
-    relevance = attnlrp(model, x, target, create_graph=create_graph)
-    upsampled = relevance.upsampled()
-    return (weights * upsampled).sum() + 0.5 * ((upsampled - mask) ** 2).sum() + (weights * relevance.pixels).sum()
-
-
 PROBED = [
     ("stem.0.weight", (2, 1, 0, 3)),
     ("stem.0.bias", (3,)),
@@ -90,11 +84,7 @@ PROBED = [
 
 def test_relevance_gradient_matches_finite_differences() -> None:
     model = tiny_convnext(**VARIANTS["layerscale_hidden_head"])
-    x, target = images(count=2), torch.tensor([3, 1])
-    generator = torch.Generator().manual_seed(5)
-    weights = torch.randn(2, 32, 32, generator=generator, dtype=torch.float64)
-    mask = (torch.rand(2, 32, 32, generator=generator) > 0.5).double()
-    assert_gradients_match_finite_differences(model, lambda: alignment_objective(model, x, target, weights, mask), PROBED)
+    assert_alignment_gradients_match_finite_differences(model, images(count=2), torch.tensor([3, 1]), PROBED, pixel_term=True)
 
 
 def test_model_is_untouched_outside_the_context() -> None:

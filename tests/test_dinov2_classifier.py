@@ -21,7 +21,7 @@ from pipeline.dinov2_classifier import Dinov2LinearClassifier, head_url
 from pipeline.models import ModelError, create_model, load_model_artifact, preprocessing_of, save_model_artifact
 from pipeline.relevance.attnlrp import attnlrp, relevance_cell
 from tests.lrp_reference import explicit_attnlrp
-from tests.relevance_checks import assert_fine_tuning_steps_move_the_map, assert_gradients_match_finite_differences, assert_untouched_outside_the_context
+from tests.relevance_checks import assert_alignment_gradients_match_finite_differences, assert_fine_tuning_steps_move_the_map, assert_untouched_outside_the_context
 
 TINY = {"img_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 5, "num_heads": 2, "init_values": 0.3}
 VARIANTS = {
@@ -133,17 +133,7 @@ PROBED = [
 
 
 def test_relevance_gradient_matches_finite_differences() -> None:
-    model = tiny_classifier()
-    x, target = images(count=2), torch.tensor([3, 1])
-    generator = torch.Generator().manual_seed(5)
-    weights = torch.randn(2, 16, 16, generator=generator, dtype=torch.float64)
-    mask = (torch.rand(2, 16, 16, generator=generator) > 0.5).double()
-
-    def objective() -> torch.Tensor:
-        relevance = attnlrp(model, x, target, create_graph=True).upsampled()
-        return (weights * relevance).sum() + 0.5 * ((relevance - mask) ** 2).sum()
-
-    assert_gradients_match_finite_differences(model, objective, PROBED)
+    assert_alignment_gradients_match_finite_differences(tiny_classifier(), images(count=2), torch.tensor([3, 1]), PROBED)
 
 
 def test_model_is_untouched_outside_the_context() -> None:
