@@ -62,32 +62,35 @@ def run_seed(seed: int, params_file: Path, work: Path) -> dict[str, Any]:
         subprocess.run([sys.executable, "-m", "stages.cli", *args, "--params", str(root / "params.yaml")], check=True, cwd=Path(__file__).resolve().parents[1])
 
     data, subset = str(root / "data/prepared"), str(root / "data/subset")
-    metrics_file = root / "metrics" / "evaluate.json"
-    cft("prepare", "--out", data, "--subset", subset, "--metrics", str(root / "metrics/prepare.json"), unless=subset)
-    cft("base", "--data", data, "--out", str(root / "models/base"), "--metrics", str(root / "metrics/base.json"), "--plots", str(root / "plots/base"), unless=str(root / "models/base"))
+    cft("prepare", "--out", data, "--subset", subset, "--metrics", str(root / "results/prepare.json"), unless=subset)
+    cft("base", "--data", data, "--out", str(root / "models/base"), "--metrics", str(root / "results/base.json"), "--plots", str(root / "plots/base"), unless=str(root / "models/base"))
     cft("concepts", "--data", data, "--out", str(root / "data/concepts"), unless=str(root / "data/concepts"))
     cft("masks", "--data", data, "--subset", subset, "--concepts", str(root / "data/concepts"), "--out", str(root / "data/masks"), "--sheet", str(root / "plots/masks.png"), unless=str(root / "data/masks"))
     for method in params["finetune"]["methods"]:
         cft(
             "finetune", method, "--base", str(root / "models/base"), "--data", data, "--subset", subset, "--masks", str(root / "data/masks"),
-            "--out", str(root / f"models/finetune/{method}"), "--checkpoints", str(root / f"checkpoints/{method}"),
-            "--metrics", str(root / f"metrics/finetune/{method}.json"), "--plots", str(root / f"plots/finetune/{method}"),
-            unless=str(root / f"models/finetune/{method}"),
+            "--out", str(root / f"models/{method}"), "--checkpoints", str(root / f"checkpoints/{method}"),
+            "--metrics", str(root / f"results/finetune/{method}.json"), "--plots", str(root / f"plots/finetune/{method}"),
+            unless=str(root / f"models/{method}"),
         )
+    models = ["base", *params["finetune"]["methods"]]
+    params["evaluate"]["models"] = models
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
     benchmarks = list(params["evaluate"]["benchmarks"])
     for benchmark in benchmarks:
-        # a benchmark evaluated before a method was added lacks it: evaluate again (parts of the
-        # other models' run are not reused, as the set of models is part of the run's fingerprint)
-        done = root / "metrics/evaluate" / f"{benchmark}.json"
-        if done.is_file() and list(json.loads(done.read_text())["models"]) == ["base", *params["finetune"]["methods"]]:
-            continue
-        cft(
-            "evaluate", benchmark, "--base", str(root / "models/base"), "--finetuned", str(root / "models/finetune"), "--data", data, "--subset", subset,
-            "--out", str(root / "results/evaluate" / benchmark), "--metrics", str(done), "--plots", str(root / "plots/evaluate" / benchmark),
-            "--work", str(root / "checkpoints/evaluate" / benchmark),
-        )
-    cft("report", "--results", str(root / "metrics/evaluate"), "--metrics", str(metrics_file), "--plots", str(root / "plots/summary"))
-    return json.loads(metrics_file.read_text())
+        # one model per call, as `dvc repro` runs them: a model added later is evaluated alone
+        for model in models:
+            cft(
+                "evaluate", benchmark, model, "--models", str(root / "models"), "--data", data, "--subset", subset,
+                "--out", str(root / "results/evaluate" / benchmark), "--work", str(root / "checkpoints/evaluate" / benchmark),
+                unless=str(root / "results/evaluate" / benchmark / model),
+            )
+    cft("report", "--results", str(root / "results/evaluate"), "--metrics", str(root / "metrics"), "--plots", str(root / "plots/summary"))
+    from pipeline.benchmarks.summary import read_results, summarise
+
+    per_benchmark = read_results(root / "results/evaluate", benchmarks, models)
+    summary = summarise(per_benchmark, params["evaluate"].get("in_distribution", "test"))
+    return {"benchmarks": {name: result["models"] for name, result in per_benchmark.items()}, "summary": summary}
 
 
 def cell(values: list[float]) -> str:

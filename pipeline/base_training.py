@@ -4,6 +4,10 @@ On the world it is trained in phases, e.g. a short phase on unbiased images (``p
 background) and then a longer one on the biased ``train`` split, which stands in for "a
 pretrained model that picked up a dataset bias". With no phases it is the (pretrained) model as
 built, the route for real data.
+
+A diverged run (a loss that is not finite) stops at once; a trained model at chance on the
+held-out ``val`` split (else ``test``) is an error unless ``base.allow_chance`` keeps it, with a
+warning in the metrics. A model with no phases is not trained here and not checked.
 """
 
 from __future__ import annotations
@@ -24,18 +28,10 @@ from pipeline.datasets import ArraySplit, has_image_files, load_split
 from pipeline.manifest import classes_of, read_manifest
 from pipeline.models import create_model, preprocessing_of
 from pipeline.preprocess import InputTransform
-from pipeline.training import (
-    Normalizer,
-    accuracy,
-    augment,
-    autocast,
-    resolve_device,
-    seed_everything,
-    shuffled_batches,
-    warmup_cosine,
-)
+from pipeline.training import Normalizer, TrainingError, accuracy, augment, autocast, chance_test, ensure_finite, resolve_device, seed_everything, shuffled_batches, warmup_cosine
 
 MONITORED_SPLITS = ("val", "swapped_bg")  # accuracy per epoch, for the training curves only
+CHANCE_SPLITS = ("val", "test")  # the first held-out one present tells a trained model from one at chance
 
 
 @dataclass
@@ -46,6 +42,7 @@ class BaseOutcome:
     accuracy: dict[str, float]
     curves: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
 def train_base(config: BaseConfig, manifest_path: str | Path, progress: bool = True) -> BaseOutcome:
@@ -92,7 +89,8 @@ def train_base(config: BaseConfig, manifest_path: str | Path, progress: bool = T
             for _ in range(phase.epochs):
                 model.train()
                 losses, correct = [], 0
-                for batch in shuffled_batches(len(data), config.batch_size, generator):
+                steps = math.ceil(len(data) / config.batch_size)
+                for step, batch in enumerate(shuffled_batches(len(data), config.batch_size, generator), start=1):
                     x = normalizer(images[batch].to(device))
                     if config.augment:
                         x = augment(x, generator)
@@ -100,11 +98,13 @@ def train_base(config: BaseConfig, manifest_path: str | Path, progress: bool = T
                     with autocast(device):
                         logits = model(x)
                         loss = F.cross_entropy(logits.float(), y)
+                    losses.append(loss.item())
+                    where = f"base: epoch {epoch_number + 1} (phase {phase.split}), step {step} of {steps}"
+                    ensure_finite(losses[-1], where, "base.lr", config.lr)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     scheduler.step()
-                    losses.append(loss.item())
                     correct += int((logits.argmax(1) == y).sum())
                     bar.update(1)
                     bar.set_postfix(phase=phase.split, loss=f"{losses[-1]:.3f}")
@@ -126,4 +126,20 @@ def train_base(config: BaseConfig, manifest_path: str | Path, progress: bool = T
         for name in tqdm(splits, desc="base/evaluate", disable=not progress)
         if name not in trained_on
     }
-    return BaseOutcome(model.cpu(), class_names, preprocessing, evaluated, curves, train_seconds)
+    warnings = _check_not_at_chance(config, evaluated, split_data) if config.phases else []
+    return BaseOutcome(model.cpu(), class_names, preprocessing, evaluated, curves, train_seconds, warnings)
+
+
+def _check_not_at_chance(config: BaseConfig, evaluated: dict[str, float], split_data: Any) -> list[str]:
+    """Stop when the trained model is at chance on the first held-out split of CHANCE_SPLITS (the
+    in-distribution one: shifted splits such as swapped_bg are meant to be hard for it); with
+    ``allow_chance``, the warning to record instead."""
+    split = next((name for name in CHANCE_SPLITS if name in evaluated), None)
+    test = None if split is None else chance_test(evaluated[split], split_data(split).labels)
+    if test is None or not test.at_chance:
+        return []
+    message = f"base: the trained model is at chance on split '{split}': {test.describe()}; the training diverged or collapsed"
+    if not config.allow_chance:
+        raise TrainingError(f"{message}: lower base.lr (now {config.lr:g}) or train longer, or set base.allow_chance: true to keep it")
+    warning = f"{message}; kept because base.allow_chance is true"
+    return [warning]

@@ -109,7 +109,7 @@ class PrepareConfig(StrictConfig):
     @model_validator(mode="after")
     def _imagefolder_needs_root(self) -> PrepareConfig:
         if self.source == "imagefolder" and self.imagefolder is None:
-            raise ValueError("source imagefolder needs data.imagefolder.root (README: Real data)")
+            raise ValueError("source imagefolder needs data.imagefolder.root (README: Real data: ImageNet and the OOD benchmarks)")
         return self
 
 
@@ -135,6 +135,9 @@ class BaseConfig(StrictConfig):
     eval_batch_size: int = Field(256, ge=1)
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    allow_chance: bool = Field(
+        False, description="keep a trained model whose accuracy on the held-out val (or test) split is not above chance, with a warning in the metrics; false: an error"
+    )
 
     @model_validator(mode="after")
     def _check_checkpoint(self) -> BaseConfig:
@@ -241,7 +244,7 @@ class MasksConfig(StrictConfig):
         if self.backend == "grounded_sam":
             missing = [f"grounded_sam.{name}.checkpoint" for name, part in (("grounding", self.grounded_sam.grounding), ("sam", self.grounded_sam.sam)) if part.checkpoint is None]
             if missing:
-                raise ValueError(f"backend grounded_sam needs {' and '.join(missing)} (see README: Mask backends)")
+                raise ValueError(f"backend grounded_sam needs {' and '.join(missing)} (see README: Masks from Grounded-SAM)")
         if "{class}" not in self.object_prompt:
             raise ValueError("object_prompt must contain {class}")
         return self
@@ -271,6 +274,9 @@ class TrainSchedule(StrictConfig):
     overlay_images: int = Field(8, ge=0, description="fine-tuning images shown in the relevance overlay grid")
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    allow_chance: bool = Field(
+        False, description="keep a model whose validation accuracy is not above chance, with a warning in the metrics; false: such a run is an error"
+    )
 
 
 class RelevanceObjective(StrictConfig):
@@ -326,7 +332,7 @@ WORLD_BENCHMARKS = ("test", "random_bg", "swapped_bg", "rendition", "sketch", "p
 
 
 class BenchmarkConfig(StrictConfig):
-    """One evaluation set: a split of the prepared dataset, or a benchmark on disk (README: Benchmarks)."""
+    """One evaluation set: a split of the prepared dataset, or a benchmark on disk (README: Real data: ImageNet and the OOD benchmarks)."""
 
     kind: Literal["split", "imagefolder", "imagenet_v2", "imagenet_a", "imagenet_r", "objectnet", "si_score", "imagenet_segmentation"] = Field(
         description="split: a split of the prepared dataset; the others: a dataset at `path` in its own layout"
@@ -340,7 +346,7 @@ class BenchmarkConfig(StrictConfig):
         if self.kind == "split" and self.path is not None:
             raise ValueError("kind split reads the prepared dataset; `path` is for benchmarks on disk")
         if self.kind != "split" and self.path is None:
-            raise ValueError(f"kind {self.kind} needs `path` (README: Benchmarks)")
+            raise ValueError(f"kind {self.kind} needs `path` (README: Real data: ImageNet and the OOD benchmarks)")
         if self.kind != "split" and self.split is not None:
             raise ValueError("`split` is only for kind split")
         return self
@@ -351,7 +357,12 @@ class EvaluateConfig(StrictConfig):
 
     benchmarks: dict[str, BenchmarkConfig] = Field(
         default_factory=lambda: {name: BenchmarkConfig(kind="split") for name in WORLD_BENCHMARKS},
-        description="name -> benchmark; `dvc repro` runs evaluate@<name> for each",
+        description="name -> benchmark; `dvc repro` runs evaluate@<benchmark>-<model> for each benchmark and model",
+    )
+    models: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="models to evaluate, each read from models/<name>: base and methods of finetune.methods; null = all of them (dvc.yaml needs the list written out)",
     )
     relevance: bool = Field(True, description="also measure relevance against object masks where a benchmark has them")
     relevance_target: Literal["predicted", "label"] = Field("predicted", description="class whose relevance is measured (predicted: the segmentation protocol)")
@@ -368,6 +379,8 @@ class EvaluateConfig(StrictConfig):
     def _known_in_distribution(self) -> EvaluateConfig:
         if self.in_distribution is not None and self.in_distribution not in self.benchmarks:
             raise ValueError(f"in_distribution {self.in_distribution!r} is not one of the benchmarks {sorted(self.benchmarks)}")
+        if self.models is not None and len(set(self.models)) != len(self.models):
+            raise ValueError(f"models lists a model twice: {self.models}")
         return self
 
 
@@ -416,6 +429,8 @@ def load_finetune(path: str | Path, method: str) -> FinetuneConfig:
     section = read_params(path).get("finetune") or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: section 'finetune' must be a mapping")
+    if method == "base":
+        raise ConfigError(f"{path}: 'base' names the base model (models/base); call the method something else")
     if method in ("train", "methods") or method not in section:
         known = [name for name, value in section.items() if isinstance(value, dict) and "objective" in value]
         raise ConfigError(f"{path}: no fine-tuning method 'finetune.{method}'; defined: {known}")
@@ -424,3 +439,16 @@ def load_finetune(path: str | Path, method: str) -> FinetuneConfig:
     except ValidationError as exc:
         message = _format_error(path, "finetune", exc)
         raise ConfigError(message.replace("finetune.objective", f"finetune.{method}")) from None
+
+
+def load_evaluate(path: str | Path) -> EvaluateConfig:
+    """The ``evaluate`` section, with ``evaluate.models`` checked against ``finetune.methods``."""
+    config = load_section(path, "evaluate", EvaluateConfig)
+    methods = (read_params(path).get("finetune") or {}).get("methods") or []
+    if config.models is None:
+        config = config.model_copy(update={"models": ["base", *methods]})
+    assert config.models is not None
+    unknown = [name for name in config.models if name != "base" and name not in methods]
+    if unknown:
+        raise ConfigError(f"{path}: evaluate.models {unknown} are neither 'base' nor in finetune.methods {methods}")
+    return config

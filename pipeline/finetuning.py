@@ -5,6 +5,11 @@ Both methods share the schedule (``finetune.train``): same images, augmentation,
 (AdamW), step decay and epoch selection, so they differ only in the objective. After every epoch
 the full training state is checkpointed; a rerun with the same inputs resumes from it and ends
 with the same weights as an uninterrupted run.
+
+A run stops with an error (a ValueError: the stage prints one line and exits 2) when its loss
+stops being finite, and when the kept model is at chance on the validation images
+(:func:`pipeline.training.chance_test`) unless ``finetune.train.allow_chance`` keeps it, with a
+warning in the summary.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from tqdm import tqdm
 
 from pipeline.array_store import StoreError
 from pipeline.checkpoint import fingerprint, load_state, save_state, source_digest
-from pipeline.corruptions import corrupt_batch
 from pipeline.config import FinetuneConfig, LabelsObjective, RelevanceObjective
+from pipeline.corruptions import corrupt_batch
 from pipeline.datasets import ArraySplit, has_image_files, load_images, object_masks, rows_by_id
 from pipeline.manifest import read_manifest
 from pipeline.mask_store import MaskStore
@@ -35,7 +40,7 @@ from pipeline.preprocess import InputTransform
 from pipeline.relevance.attnlrp import attnlrp
 from pipeline.relevance.maps import relevance_maps
 from pipeline.subset import read_subset, subset_ids
-from pipeline.training import Normalizer, accuracy, autocast, joint_augment, resolve_device, seed_everything, shuffled_batches
+from pipeline.training import Normalizer, TrainingError, accuracy, autocast, chance_test, ensure_finite, joint_augment, resolve_device, seed_everything, shuffled_batches
 
 
 @dataclass
@@ -145,7 +150,8 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
     monitor_masks = torch.from_numpy(whole_objects if whole_objects is not None else masks)
 
     run_fingerprint = fingerprint(
-        {"config": config.model_dump(), "torch": torch.__version__, "device": device.type, "code": source_digest()},
+        # allow_chance decides only what happens after training: flipping it reuses a finished run
+        {"config": config.model_dump(exclude={"train": {"allow_chance"}}), "torch": torch.__version__, "device": device.type, "code": source_digest()},
         [p for p in (inputs.base_model, inputs.subset, inputs.masks, manifest_path) if p is not None],
     )
     state = load_state(checkpoint_dir, run_fingerprint)
@@ -183,7 +189,7 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
             model.train()
             sums: dict[str, float] = {}
             correct = 0
-            for batch in shuffled_batches(len(data), train.batch_size, generator):
+            for step, batch in enumerate(shuffled_batches(len(data), train.batch_size, generator), start=1):
                 raw = images[batch].to(device)
                 if corruptions:
                     raw = corrupt_batch(raw, corruptions.corruptions, corruptions.severity, corruptions.corrupted_share, generator)
@@ -200,14 +206,16 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
                         logits = model(x)
                         loss = F.cross_entropy(logits.float(), y)
                         terms = {}
+                loss_value = loss.item()
+                ensure_finite(loss_value, f"finetune/{config.method}: epoch {epoch}, step {step} of {steps_per_epoch}", "finetune.train.lr", optimizer.param_groups[0]["lr"])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                for key, value in {"loss": loss.item(), **terms}.items():
+                for key, value in {"loss": loss_value, **terms}.items():
                     sums[key] = sums.get(key, 0.0) + value * len(batch)
                 correct += int((logits.argmax(1) == y).sum())
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
+                bar.set_postfix(epoch=epoch, loss=f"{loss_value:.4f}")
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             row: dict[str, Any] = {"epoch": epoch, "lr": lr, **{key: value / len(data) for key, value in sums.items()}}
@@ -230,6 +238,7 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
                     "best": best,
                 },
             )
+    warnings = _check_not_at_chance(config, best["epoch"], curves, val_unseen, val_seen)
     model.load_state_dict(best["weights"])
     overlay["after"] = relevance_maps(model, normalizer, data.images[shown], data.labels[shown], device, train.eval_batch_size)
     spec = {
@@ -251,6 +260,8 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
         "selected": next(row for row in curves if row["epoch"] == best["epoch"]),
         "base": curves[0],
     }
+    if warnings:
+        summary["warnings"] = warnings
     return FinetuneOutcome(model.cpu(), spec, curves, best["epoch"], overlay, summary)
 
 
@@ -261,3 +272,24 @@ def _selection_score(select_by: str, row: dict[str, Any], val_unseen: ArraySplit
         return row["val_unseen_accuracy"]
     total = len(val_unseen) + len(val_seen)
     return (row["val_unseen_accuracy"] * len(val_unseen) + row["val_seen_accuracy"] * len(val_seen)) / total
+
+
+def _check_not_at_chance(config: FinetuneConfig, epoch: int, curves: list[dict[str, Any]], val_unseen: ArraySplit, val_seen: ArraySplit) -> list[str]:
+    """Stop when the kept model is at chance on all validation images (seen and unseen classes
+    together: forgetting the unseen classes alone is a result to report, not a broken run); with
+    ``allow_chance``, the warning to record instead. Returns the warnings."""
+    row = next(row for row in curves if row["epoch"] == epoch)
+    labels = np.concatenate([val_unseen.labels, val_seen.labels])
+    total = len(val_unseen) + len(val_seen)
+    combined = sum(row[key] * len(split) for key, split in (("val_unseen_accuracy", val_unseen), ("val_seen_accuracy", val_seen)) if len(split)) / max(1, total)
+    test = chance_test(combined, labels)
+    if test is None or not test.at_chance:
+        return []
+    message = (
+        f"finetune/{config.method}: the kept model (epoch {epoch}) is at chance: {test.describe()} "
+        f"(unseen {row['val_unseen_accuracy']:.3f}, seen {row['val_seen_accuracy']:.3f}); the training diverged or collapsed"
+    )
+    if not config.train.allow_chance:
+        raise TrainingError(f"{message}: lower finetune.train.lr (now {config.train.lr:g}), or set finetune.train.allow_chance: true to keep it")
+    warning = f"{message}; kept because finetune.train.allow_chance is true"
+    return [warning]

@@ -3,6 +3,7 @@
 Nothing is copied. The manifest lists only the chosen images and points at their files:
 
 * classes are the sub-folders, in sorted order (for ImageNet: the standard 1000-class order);
+  a folder without images is an error naming it (skipping it would shift the later classes' indices);
 * a seeded share of the classes is "seen": ``images_per_class`` images of each are fine-tuned on
   (manifest split ``train``); every class also gives ``val_images_per_class`` other images that
   pick the best epoch (split ``val``), so unseen classes are validated too;
@@ -26,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from pipeline.class_names import WORDNET_ID, readable_names
+from pipeline.class_names import readable_names
 from pipeline.config import ImageFolderConfig, SubsetConfig
 from pipeline.manifest import READABLE_NAMES_KEY, build_manifest
 from pipeline.subset import SubsetError, draw_seen_classes, subset_table
@@ -80,16 +81,34 @@ def check_image(path: Path, min_side: int) -> ImageCheck:
 
 
 def scan_classes(root: Path, extensions: list[str]) -> dict[str, list[str]]:
-    """class folder -> sorted image file names (hidden entries and other extensions ignored)."""
+    """class folder -> sorted image file names (hidden entries and other extensions ignored).
+
+    Every (non-hidden) folder is a class, and its place in the sorted folder list is its class
+    index. A folder without images is an error, not skipped: dropping it would shift the index of
+    every later class (against a model trained on all the folders, e.g. ImageNet's 1000), and a
+    class without images can be neither fine-tuned on nor validated.
+    """
     if not root.is_dir():
         raise ImageFolderError(f"{root}: image folder not found (data.imagefolder.root)")
     wanted = {ext.lower() for ext in extensions}
     classes: dict[str, list[str]] = {}
+    empty: dict[str, int] = {}  # folder -> files it holds with other extensions
     folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
     for name in tqdm(folders, desc="scan", unit="class", leave=False):
-        files = sorted(entry.name for entry in os.scandir(root / name) if entry.is_file() and not entry.name.startswith(".") and Path(entry.name).suffix.lower() in wanted)
+        entries = [entry.name for entry in os.scandir(root / name) if entry.is_file() and not entry.name.startswith(".")]
+        files = sorted(entry for entry in entries if Path(entry).suffix.lower() in wanted)
         if files:
             classes[name] = files
+        else:
+            empty[name] = len(entries)
+    if empty:
+        shown = ", ".join(f"{root / name}" + (f" ({others} file(s) with other extensions)" if others else "") for name, others in list(empty.items())[:5])
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        raise ImageFolderError(
+            f"{root}: {len(empty)} of {len(folders)} class folder(s) hold no image ({', '.join(extensions)}): {shown}{more}. "
+            "Every folder is a class and the sorted folders give the class indices, so skipping one would shift every later "
+            "class; add its images, remove the folder, or list its extension in data.imagefolder.extensions"
+        )
     if len(classes) < 2:
         raise ImageFolderError(f"{root}: needs at least two class folders with images ({extensions}); found {len(classes)}")
     return classes

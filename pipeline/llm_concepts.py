@@ -3,11 +3,17 @@
 For each class the model is asked (Label-free CBM style, aimed at visible object parts) for the
 visual features that identify it, as JSON. Answers are parsed (strict JSON, JSON in a markdown
 fence or in prose, or a bare list), filtered (``pipeline.concept_filters``) and merged over
-``samples`` answers. Transient errors (timeout, rate limit, connection, 5xx) are retried with
-exponential backoff, as are answers that cannot be parsed; other errors (authentication, a bad
-request, an unknown model) stop at once with the provider's message. A class without a valid
+``samples`` answers. Transient errors (timeout, rate limit, connection, 5xx answered by a
+server) are retried with exponential backoff, as are answers that cannot be parsed; other errors
+(a missing or rejected key, a bad request, an unknown model) stop at once with the provider's
+whole message, and key errors name the environment variable to set. A class without a valid
 answer after the retries is never given an empty list: the stage fails naming the classes, or
 (``on_invalid: fallback``) uses the fallback concept and reports it.
+
+Keys come from the environment only (``api_key_env``, else the provider's usual variable) and are
+never part of a request's cache key, an artifact or a message. A local OpenAI-compatible server
+(``api_base`` with an ``openai/`` model: vLLM, llama.cpp, a proxy) needs no key: without one, the
+placeholder :data:`PLACEHOLDER_KEY` is sent, because the OpenAI client refuses to run keyless.
 
 Valid answers are cached on disk, keyed by model, messages and parameters, so a rerun, or a
 colleague with the same cache directory, sends no request.
@@ -29,8 +35,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.concept_filters import FilterReport, filter_concepts
 from pipeline.atomic import write_json
+from pipeline.concept_filters import FilterReport, filter_concepts
 from pipeline.config import ConceptFilterConfig, LlmConfig
 
 PROMPT_TEMPLATE = (
@@ -59,6 +65,17 @@ RESPONSE_FORMAT = {
     },
 }
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
+
+# Sent to an ``api_base`` server when no key is set (vLLM's documented convention); not a secret.
+PLACEHOLDER_KEY = "EMPTY"
+# litellm routes built on the OpenAI client, which raises "Missing credentials" before any request
+# without a key (litellm's hosted_vllm, lm_studio and llamafile routes send a placeholder themselves).
+_OPENAI_CLIENT_PROVIDERS = frozenset({"openai", "custom_openai", "text-completion-openai"})
+_OPENAI_KEY_VARIABLE = "OPENAI_API_KEY"
+# A transient error's text kept per retry (concepts.json, the final message); an HTML error page
+# can be long. Errors that stop the stage are reported whole.
+_TRANSIENT_TEXT_LIMIT = 2000
+_NOT_RETRIED_5XX = frozenset({501, 505})  # not implemented / HTTP version: asking again cannot help
 
 
 class InvalidAnswer(ValueError):
@@ -110,17 +127,89 @@ def parse_concepts(text: str | None) -> list[str]:
     raise InvalidAnswer(f"not valid JSON: {text.strip()[:80]!r}")
 
 
-def _transient_errors() -> tuple[type[BaseException], ...]:
+def _one_line(text: str, limit: int | None = None) -> str:
+    text = " ".join(text.split())
+    if limit is not None and len(text) > limit:
+        return f"{text[:limit]}… ({len(text) - limit} more characters)"
+    return text
+
+
+def _provider(model: str) -> str | None:
     import litellm
 
-    return (
-        litellm.Timeout,
+    try:
+        return litellm.get_llm_provider(model=model)[1]
+    except litellm.BadRequestError:  # an unknown provider: litellm's own call reports it
+        return None
+
+
+def key_variables(config: LlmConfig) -> list[str]:
+    """The environment variable(s) that hold the key: ``api_key_env``, else the provider's usual ones.
+
+    litellm's :func:`litellm.validate_environment` names a provider's variables only while they are
+    missing; once a key is set (and rejected), ``<PROVIDER>_API_KEY`` is named if that is set.
+    Empty when unknown.
+    """
+    import litellm
+
+    if config.api_key_env:
+        return [config.api_key_env]
+    provider = _provider(config.model)
+    if provider in _OPENAI_CLIENT_PROVIDERS:
+        return [_OPENAI_KEY_VARIABLE]
+    missing = litellm.validate_environment(config.model)["missing_keys"]  # an unknown provider: none
+    names = [name for name in missing if "KEY" in name or "TOKEN" in name]  # not OLLAMA_API_BASE, VERTEXAI_PROJECT
+    if names:
+        return names
+    guess = f"{provider.upper()}_API_KEY" if provider else None
+    return [guess] if guess and os.environ.get(guess) else []
+
+
+def _raised_before_request(exc: BaseException) -> bool:
+    """Whether the OpenAI client itself refused to send (e.g. "Missing credentials").
+
+    litellm wraps such an ``openai.OpenAIError`` (neither an HTTP status, a connection error nor a
+    timeout) as an InternalServerError with a made-up status 500; it is a configuration error, and
+    asking again cannot help.
+    """
+    import openai
+
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, openai.OpenAIError) and not isinstance(cause, openai.APIError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def classify_error(exc: BaseException) -> str | None:
+    """``"key"`` (missing or rejected key), ``"transient"`` (retry), ``"fatal"`` (stop), or None (not litellm's)."""
+    import litellm
+    import openai
+
+    if _raised_before_request(exc):
+        return "key" if re.search(r"credential|api[_ -]?key", str(exc), re.IGNORECASE) else "fatal"
+    if isinstance(exc, litellm.AuthenticationError):
+        return "key"
+    transient = (
+        litellm.Timeout,  # also 408 and 504
         litellm.RateLimitError,
         litellm.APIConnectionError,
         litellm.InternalServerError,
         litellm.ServiceUnavailableError,
         litellm.BadGatewayError,
     )
+    if isinstance(exc, transient):
+        return "transient"
+    if isinstance(exc, openai.OpenAIError):
+        # litellm maps statuses without a class of their own (403, 409, 413, 520, 529, ...) to APIError
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int) and status >= 500 and status not in _NOT_RETRIED_5XX:
+            return "transient"
+        return "fatal"
+    return None
 
 
 class AnswerCache:
@@ -180,6 +269,32 @@ class ConceptProposer:
         self.cache = AnswerCache(config.cache_dir)
         self._completion = completion
         self._sleep = sleep
+        self._api_key = self._resolve_key()
+
+    def _resolve_key(self) -> str | None:
+        """The key passed to litellm, or None to let litellm read the provider's usual variable."""
+        config = self.config
+        if config.api_key_env:
+            key = os.environ.get(config.api_key_env)
+            if not key:
+                raise LlmError(f"concepts.llm.api_key_env: environment variable {config.api_key_env} is not set (it should hold the key for {config.model})")
+            return key
+        if config.api_base and _provider(config.model) in _OPENAI_CLIENT_PROVIDERS and not os.environ.get(_OPENAI_KEY_VARIABLE):
+            return PLACEHOLDER_KEY  # a local server that checks no key; one that does answers 401
+        return None
+
+    def _key_advice(self) -> str:
+        """What to do about a missing or rejected key, naming the variable."""
+        config = self.config
+        names = key_variables(config)
+        other = "" if config.api_key_env else " (or name another variable in concepts.llm.api_key_env)"
+        if not names:
+            return "missing or rejected API key: set the provider's key variable, or name it in concepts.llm.api_key_env"
+        shown = " and ".join(names)
+        if all(os.environ.get(name) for name in names):
+            return f"the API key in {shown} was rejected: check it{other}"
+        asked = f" (the server at {config.api_base} asks for one)" if config.api_base else ""
+        return f"no API key{asked}: set the environment variable {shown}{other}"
 
     def _request(self, messages: list[dict[str, str]], sample: int) -> dict[str, Any]:
         """What identifies an answer (the cache key): no key, no timeout, nothing secret."""
@@ -197,23 +312,17 @@ class ConceptProposer:
         import litellm
 
         kwargs = {**request, "timeout": self.config.timeout_s, "num_retries": 0, "drop_params": True}
-        if self.config.api_key_env:
-            key = os.environ.get(self.config.api_key_env)
-            if not key:
-                raise LlmError(f"concepts.llm.api_key_env: environment variable {self.config.api_key_env} is not set")
-            kwargs["api_key"] = key
+        if self._api_key is not None:
+            kwargs["api_key"] = self._api_key
         completion = self._completion or litellm.completion
         response = completion(**kwargs)
         return response.choices[0].message.content
 
     def _ask(self, name: str, sample: int, result: ClassResult) -> list[str] | None:
-        import litellm
-
         request = self._request(build_messages(name, self.filters.max_concepts, self.config.few_shot), sample)
         cached = self.cache.get(request)
         if cached is not None:
             return parse_concepts(cached)
-        transient = _transient_errors()
         for attempt in range(self.config.max_retries + 1):
             if attempt:
                 result.retries += 1
@@ -225,12 +334,16 @@ class ConceptProposer:
             except InvalidAnswer as exc:
                 result.errors.append(f"invalid answer: {exc}")
                 continue
-            except transient as exc:
-                result.errors.append(f"{type(exc).__name__}: {str(exc)[:160]}")
-                continue
-            except (litellm.AuthenticationError, litellm.NotFoundError, litellm.BadRequestError, litellm.PermissionDeniedError, litellm.APIError) as exc:
-                # litellm maps some statuses (e.g. 403 from OpenAI-compatible servers) to a plain APIError
-                raise LlmError(f"{self.config.model}: {type(exc).__name__} while asking about '{name}': {str(exc)[:300]}") from exc
+            except Exception as exc:
+                kind = classify_error(exc)
+                if kind is None:
+                    raise
+                if kind == "transient":
+                    result.errors.append(f"{type(exc).__name__}: {_one_line(str(exc), _TRANSIENT_TEXT_LIMIT)}")
+                    continue
+                advice = f"{self._key_advice()}. " if kind == "key" else ""
+                what = f"the request about '{name}' was not sent" if _raised_before_request(exc) else f"{type(exc).__name__} while asking about '{name}'"
+                raise LlmError(f"{self.config.model}: {advice}{what}: {_one_line(str(exc))}") from exc
             self.cache.put(request, answer or "")
             return concepts
         return None

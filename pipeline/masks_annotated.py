@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.array_store import StoreError
-from pipeline.datasets import read_arrays, rows_by_id
+from pipeline.datasets import has_image_files, read_arrays, rows_by_id
 from pipeline.mask_store import ImageMasks
 
 PART_CATALOG = "world.json"
@@ -47,7 +47,12 @@ def annotated_masks(
     dataset_dir = Path(dataset_dir)
     catalog_path = dataset_dir / PART_CATALOG
     if not catalog_path.is_file():
-        raise StoreError(f"{catalog_path}: the dataset has no part annotations; the 'annotated' mask backend needs them")
+        what = "an image folder (data.source: imagefolder), which brings images only" if has_image_files(manifest) else "a dataset without part annotations"
+        raise StoreError(
+            f"{dataset_dir}: masks.backend: annotated needs part annotations that come with the data (the built-in world, "
+            f"data.source: world), but this is {what}. For image folders set masks.backend: grounded_sam, which segments "
+            "each concept with GroundingDINO and SAM (see README: Masks from Grounded-SAM)"
+        )
     part_names: dict[str, list[str]] = json.loads(catalog_path.read_text())["concepts"]
     rows = rows_by_id(manifest, image_ids, str(dataset_dir / "manifest.parquet"))
     labels = read_arrays(dataset_dir, rows, "part_labels")

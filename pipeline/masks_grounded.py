@@ -27,7 +27,7 @@ from pipeline.checkpoint import fingerprint, source_digest
 from pipeline.class_names import readable_name
 from pipeline.config import MasksConfig
 from pipeline.grounding import ConceptDetector, Detections
-from pipeline.mask_store import ImageMasks
+from pipeline.mask_store import ImageMasks, is_noisy
 from pipeline.masks_annotated import resize_masks
 from pipeline.segmenting import BoxSegmenter
 
@@ -152,12 +152,14 @@ def _segment_batch(
     for index, (image_id, class_name, image) in enumerate(zip(ids, class_names, images, strict=True)):
         found = detections[index]
         masks = np.zeros((len(found), *image.shape[:2]), dtype=bool)
+        noisy = [False] * len(found)
         if index in needed:
             boxes = np.concatenate([d.boxes for d in found])
             owner = np.concatenate([np.full(len(d.boxes), k) for k, d in enumerate(found)])
             box_masks = models.segmenter.segment(embeddings, needed.index(index), boxes)
             for slot in range(len(found)):
                 masks[slot] = box_masks[owner == slot].any(axis=0)
+                noisy[slot] = is_noisy(masks[slot], found[slot].boxes)  # at the image's own size, where the boxes are
         masks = resize_masks(masks, resolution)
         names = concepts.get(class_name, [])
         result = ImageMasks(
@@ -167,6 +169,7 @@ def _segment_batch(
             masks[: len(names)],
             scores=[d.best_score for d in found[: len(names)]],
             boxes=[len(d.boxes) for d in found[: len(names)]],
+            noisy=noisy[: len(names)],
         )
         if with_object and not result.usable():
             result = ImageMasks(
@@ -177,6 +180,7 @@ def _segment_batch(
                 scores=[d.best_score for d in found],
                 boxes=[len(d.boxes) for d in found],
                 fallback=True,
+                noisy=noisy,
             )
         results.append(result)
     return results
@@ -205,16 +209,20 @@ class PartCache:
                 masks, meta = stored["masks"], json.loads(str(stored["meta"]))
         except Exception:  # a torn file from an interrupted write: recompute the part
             return None
+        if not all(isinstance(item, dict) and "noisy" in item for item in meta):
+            return None  # written without the QC this code applies: recompute
         results, offset = [], 0
         for item in meta:
             count = len(item["concepts"])
-            results.append(ImageMasks(item["image_id"], item["class_name"], item["concepts"], masks[offset : offset + count], item["scores"], item["boxes"], fallback=item["fallback"]))
+            results.append(
+                ImageMasks(item["image_id"], item["class_name"], item["concepts"], masks[offset : offset + count], item["scores"], item["boxes"], fallback=item["fallback"], noisy=item["noisy"])
+            )
             offset += count
         return results
 
     def save(self, start: int, results: list[ImageMasks]) -> None:
         meta = [
-            {"image_id": r.image_id, "class_name": r.class_name, "concepts": r.concepts, "scores": r.scores, "boxes": r.boxes, "fallback": r.fallback}
+            {"image_id": r.image_id, "class_name": r.class_name, "concepts": r.concepts, "scores": r.scores, "boxes": r.boxes, "fallback": r.fallback, "noisy": r.noisy}
             for r in results
         ]
         shape = results[0].masks.shape[1:] if results else (0, 0)

@@ -30,7 +30,7 @@ def verified_file(path: str | Path, expected_sha256: str | None, what: str) -> t
     """The file and its sha256; an error naming the file if it is missing or does not match."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"{path}: {what} checkpoint not found (download it, e.g. with `dvc import-url`; see README: Mask backends)")
+        raise ModelFileError(f"{path}: {what} checkpoint not found (download it, e.g. with `dvc import-url`; see README: Masks from Grounded-SAM)")
     actual = file_sha256(path)
     if expected_sha256 is not None and actual != expected_sha256:
         raise ModelFileError(f"{path}: sha256 {actual} differs from the {what} checksum in params ({expected_sha256}): a wrong or corrupt file")

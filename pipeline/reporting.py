@@ -6,11 +6,13 @@ import csv
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.atomic import write_json, write_text
-from pipeline.base_training import BaseOutcome
 from pipeline.visualize import bar_chart, line_chart
+
+if TYPE_CHECKING:
+    from pipeline.base_training import BaseOutcome
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -34,6 +36,8 @@ def base_metrics(outcome: BaseOutcome) -> dict[str, Any]:
     metrics: dict[str, Any] = {"accuracy": {k: round(v, 6) for k, v in outcome.accuracy.items()}}
     if "test" in outcome.accuracy and "swapped_bg" in outcome.accuracy:
         metrics["shortcut_gap"] = round(outcome.accuracy["test"] - outcome.accuracy["swapped_bg"], 6)
+    if outcome.warnings:
+        metrics["warnings"] = list(outcome.warnings)
     return metrics
 
 

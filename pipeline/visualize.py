@@ -92,17 +92,6 @@ def line_chart(series: dict[str, Sequence[float]], xlabel: str, title: str, path
     plt.close(fig)
 
 
-def heatmap(image: np.ndarray, relevance: np.ndarray) -> np.ndarray:
-    """Positive relevance (normalised to its maximum) in the 'inferno' colours over a grey image."""
-    from matplotlib import colormaps
-
-    positive = np.clip(relevance, 0, None)
-    scaled = positive / positive.max() if positive.max() > 0 else positive
-    colours = (colormaps["inferno"](scaled)[..., :3] * 255).astype(np.float32)
-    grey = image.astype(np.float32).mean(axis=-1, keepdims=True)
-    return (0.35 * grey + 0.65 * colours).clip(0, 255).astype(np.uint8)
-
-
 def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The image, darkened outside the mask."""
     weight = np.where(mask[..., None], 1.0, 0.25)
@@ -110,25 +99,53 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def overlay_grid(images: np.ndarray, panels: Sequence[tuple[str, np.ndarray]], captions: Sequence[str] | None = None, zoom: int = 4) -> Image.Image:
-    """One row per image: the image, then one tile per panel (bool arrays: masks; float: relevance)."""
+    """One row per image: the image, then one tile per panel (bool arrays: masks; float: relevance).
+
+    Each relevance map is divided by its own largest magnitude and drawn over the grey image in a
+    diverging scale (red: evidence for the class, blue: against), explained by the colour bar;
+    each row is labelled with its caption (the class), and the columns with the panel names.
+    """
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     count, height, width = images.shape[:3]
-    titles = ["image", *(title for title, _ in panels)]
-    tile_w, tile_h, label_h = width * zoom, height * zoom, 14
-    sheet = Image.new("RGB", (len(titles) * (tile_w + 4) + 90, label_h + count * (tile_h + 4) + 2), "white")
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
-    for column, title in enumerate(titles):
-        draw.text((90 + column * (tile_w + 4) + 2, 1), title[:22], fill="black", font=font)
+    columns = 1 + len(panels)
+    side = max(0.9, min(2.0, zoom * max(height, width) / 64))
+    fig, axes = plt.subplots(count, columns, figsize=(columns * side + 0.9, count * side + 0.35), dpi=100, squeeze=False)
+    shown = None
     for row in range(count):
-        y = label_h + row * (tile_h + 4)
+        grey = images[row].astype(np.float32).mean(axis=-1) / 255.0
+        axes[row, 0].imshow(images[row], interpolation="nearest")
+        for column, (_, maps) in enumerate(panels, start=1):
+            ax = axes[row, column]
+            if maps.dtype == bool:
+                ax.imshow(mask_overlay(images[row], maps[row]), interpolation="nearest")
+                continue
+            relevance = maps[row].astype(np.float32)
+            peak = float(np.abs(relevance).max())
+            ax.imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            shown = ax.imshow(relevance / peak if peak > 0 else relevance, cmap="bwr", vmin=-1, vmax=1, alpha=0.7, interpolation="nearest")
         if captions is not None:
-            draw.text((2, y + tile_h // 2 - 6), captions[row][:14], fill="black", font=font)
-        tiles = [images[row]]
-        for _, maps in panels:
-            tiles.append(mask_overlay(images[row], maps[row]) if maps.dtype == bool else heatmap(images[row], maps[row]))
-        for column, tile in enumerate(tiles):
-            sheet.paste(Image.fromarray(tile).resize((tile_w, tile_h), Image.NEAREST), (90 + column * (tile_w + 4) + 2, y))
-    return sheet
+            axes[row, 0].set_ylabel(captions[row][:18], fontsize=8)
+    for column, title in enumerate(["image", *(title for title, _ in panels)]):
+        axes[0, column].set_title(title[:22], fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.subplots_adjust(left=0.08 if captions is not None else 0.01, right=0.86, top=1 - 0.3 / (count * side + 0.35), bottom=0.01, wspace=0.04, hspace=0.04)
+    if shown is not None:
+        bar = fig.colorbar(shown, cax=fig.add_axes((0.89, 0.15, 0.025, 0.7)))
+        bar.set_label("relevance / its largest magnitude", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
 
 
 def grouped_bar_chart(values: dict[str, dict[str, float]], title: str, path: str | Path, ylabel: str) -> None:
@@ -165,17 +182,28 @@ def concept_label_map(masks: np.ndarray) -> np.ndarray:
 
 
 def concept_sheet(images: Sequence[np.ndarray], results: Sequence[Any], columns: int = 6, tile: int = 128) -> Image.Image:
-    """Images beside their concept masks, each concept in its colour and named below, with its QC flag.
+    """Images beside their concept masks, with a legend under each: the class, then one line per
+    concept, a swatch of the concept's colour in the overlay and its name, with its QC flag when the
+    mask is not used (e.g. ``wings [noisy]``). Overlapping masks show the first concept's colour.
 
     ``results`` are ``ImageMasks`` (one per image): masks in any resolution, drawn at ``tile`` pixels.
     """
     lines = max((len(r.concepts) for r in results), default=0) + 1
-    line_h, gap = 11, 6
+    line_h, gap, swatch = 11, 6, 8
     cell_w, cell_h = 2 * tile + gap, tile + lines * line_h + gap
     rows = max(1, -(-len(results) // columns))
     sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
+
+    def fitted(text: str, width: float) -> str:
+        """``text``, shortened with an ellipsis to fit ``width`` pixels (names never run into the next cell)."""
+        if draw.textlength(text, font=font) <= width:
+            return text
+        while text and draw.textlength(text + "…", font=font) > width:
+            text = text[:-1]
+        return text + "…"
+
     for index, (image, result) in enumerate(zip(images, results, strict=True)):
         x, y = (index % columns) * cell_w, (index // columns) * cell_h
         picture = np.asarray(Image.fromarray(image).resize((tile, tile), Image.BILINEAR))
@@ -184,11 +212,13 @@ def concept_sheet(images: Sequence[np.ndarray], results: Sequence[Any], columns:
         blended = np.where(labels[..., None] > 0, 0.4 * picture + 0.6 * colours, 0.5 * picture).astype(np.uint8)
         sheet.paste(Image.fromarray(picture), (x, y))
         sheet.paste(Image.fromarray(blended), (x + tile + 2, y))
-        draw.text((x, y + tile), result.class_name[:40], fill="black", font=font)
+        draw.text((x, y + tile), fitted(result.class_name, cell_w - gap), fill="black", font=font)
         for slot, (concept, flag) in enumerate(zip(result.concepts, result.flags(), strict=True)):
             colour = tuple(int(c) for c in colorize_labels(np.array(slot + 1)))
-            text = concept if flag == "ok" else f"{concept} [{flag}]"
+            note = "" if flag == "ok" else f" [{flag}]"  # kept whole when a long name is shortened
+            text = fitted(concept, cell_w - gap - swatch - 5 - draw.textlength(note, font=font)) + note
             top = y + tile + (slot + 1) * line_h
-            draw.rectangle((x + 2, top + 2, x + 9, top + 9), fill=colour)  # swatch: yellow text would not read on white
-            draw.text((x + 13, top), text[:44], fill="black", font=font)
+            # a swatch beside black text: names written in their own colour would not read (yellow on white)
+            draw.rectangle((x + 2, top + 2, x + 1 + swatch, top + 1 + swatch), fill=colour)
+            draw.text((x + swatch + 5, top), text, fill="black", font=font)
     return sheet

@@ -8,6 +8,7 @@ import typer
 
 from pipeline.atomic import atomic_directory
 from pipeline.config import BaseConfig, load_section
+from pipeline.dvc_inputs import check_declared
 from stages.common import PARAMS_OPTION, user_errors
 
 
@@ -15,12 +16,13 @@ def base(
     params: Path = PARAMS_OPTION,
     data: Path = typer.Option(Path("data/prepared"), help="dataset artifact from `cft prepare`"),
     out: Path = typer.Option(Path("models/base"), help="model artifact directory (fully rewritten)"),
-    metrics: Path = typer.Option(Path("metrics/base.json"), help="accuracy per split, JSON"),
+    metrics: Path = typer.Option(Path("results/base.json"), help="accuracy per split, JSON"),
     plots: Path = typer.Option(Path("plots/base"), help="training curves and accuracy charts"),
 ) -> None:
     """Build (and on the world, train) the base model from the `base` params section."""
     with user_errors():
         config = load_section(params, "base", BaseConfig)
+        check_declared({"base.checkpoint": config.checkpoint, "base.classifier_checkpoint": config.classifier_checkpoint}, params)
         from pipeline.base_training import train_base
         from pipeline.models import save_model_artifact
         from pipeline.reporting import write_base_reports
@@ -31,3 +33,5 @@ def base(
         write_base_reports(outcome, metrics, plots)
     summary = ", ".join(f"{split} {acc:.3f}" for split, acc in outcome.accuracy.items())
     typer.echo(f"base model {out} (trained {outcome.train_seconds:.0f} s); accuracy: {summary}")
+    for warning in outcome.warnings:
+        typer.secho(f"warning: {warning} (recorded in {metrics})", fg=typer.colors.YELLOW, err=True)

@@ -9,6 +9,7 @@ import typer
 
 from pipeline.atomic import atomic_directory
 from pipeline.config import ConceptsConfig, load_section
+from pipeline.dvc_inputs import check_declared
 from stages.common import PARAMS_OPTION, user_errors
 
 
@@ -21,6 +22,7 @@ def concepts(
     """Write the concepts of every class: from a catalog (`source: catalog`) or an LLM (`source: llm`)."""
     with user_errors():
         config = load_section(params, "concepts", ConceptsConfig)
+        check_declared({"concepts.catalog": config.catalog}, params)
         from pipeline.class_names import read_class_list
         from pipeline.concepts import catalog_concepts, write_concepts
 

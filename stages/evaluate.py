@@ -1,4 +1,8 @@
-"""`cft evaluate <benchmark>`: the base and every fine-tuned model on one benchmark of `evaluate.benchmarks`."""
+"""`cft evaluate <benchmark> <model>...`: models on one benchmark of `evaluate.benchmarks`.
+
+DVC runs one stage per (benchmark, model) (`evaluate@<benchmark>-<model>`), so a change to one
+method re-scores only that method. Several models given in one call share each decoded batch.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +11,40 @@ from typing import Any
 
 import typer
 
-from pipeline.config import EvaluateConfig, load_section, read_params
+from pipeline.atomic import atomic_directory
+from pipeline.config import EvaluateConfig, load_evaluate
 from stages.common import PARAMS_OPTION, user_errors
 
 
 def evaluate(
     benchmark: str = typer.Argument(..., help="a benchmark name under evaluate.benchmarks in the params file"),
+    models: list[str] = typer.Argument(..., help="models of evaluate.models: base, or a method of finetune.methods"),
     params: Path = PARAMS_OPTION,
-    base: Path = typer.Option(Path("models/base"), help="the base model: the reference for forgetting"),
-    finetuned: Path = typer.Option(Path("models/finetune"), help="one model artifact per method of `finetune.methods`"),
+    models_dir: Path = typer.Option(Path("models"), "--models", help="folder of model artifacts, one per model name (models/base, models/cft, ...)"),
     data: Path = typer.Option(Path("data/prepared"), help="dataset artifact from `cft prepare` (kind split reads it)"),
     subset: Path = typer.Option(Path("data/subset"), help="fine-tuning subset (which classes are seen)"),
-    out: Path = typer.Option(None, help="predictions per image; default results/evaluate/<benchmark>"),
-    metrics: Path = typer.Option(None, help="metrics JSON; default metrics/evaluate/<benchmark>.json"),
-    plots: Path = typer.Option(None, help="pictures and CSVs; default plots/evaluate/<benchmark>"),
+    out: Path = typer.Option(None, help="results of the benchmark, one folder per model; default results/evaluate/<benchmark>"),
     work: Path = typer.Option(None, help="finished parts, for resuming (local scratch); default checkpoints/evaluate/<benchmark>"),
 ) -> None:
     """Accuracy per protocol (seen/unseen classes) and relevance scores where the benchmark has masks."""
     with user_errors():
-        config = load_section(params, "evaluate", EvaluateConfig)
+        config = load_evaluate(params)
         if benchmark not in config.benchmarks:
             raise ValueError(f"{params}: no benchmark '{benchmark}' under evaluate.benchmarks; defined: {sorted(config.benchmarks)}")
+        unknown = [model for model in models if model not in config.models]
+        if unknown:
+            raise ValueError(f"{params}: {unknown} not in evaluate.models {config.models}")
         out = out or Path("results/evaluate") / benchmark
-        metrics = metrics or Path("metrics/evaluate") / f"{benchmark}.json"
-        plots = plots or Path("plots/evaluate") / benchmark
-        work = work or Path("checkpoints/evaluate") / benchmark
-        methods = (read_params(params).get("finetune") or {}).get("methods") or []
-        model_dirs = {"base": base, **{method: finetuned / method for method in methods}}
-        summary = _evaluate(benchmark, config, model_dirs, data, subset, out, metrics, plots, work)
+        work = (work or Path("checkpoints/evaluate") / benchmark) / "+".join(models)
+        summary = _evaluate(benchmark, config, {model: models_dir / model for model in models}, data, subset, out, work)
     for model, row in summary.items():
         shown = ", ".join(f"{key} {value:.3f}" for key, value in row.items() if isinstance(value, float))
         typer.echo(f"{benchmark} / {model}: {shown}")
 
 
-def _evaluate(name: str, config: EvaluateConfig, model_dirs: dict[str, Path], data: Path, subset: Path, out: Path, metrics: Path, plots: Path, work: Path) -> dict[str, Any]:
-    from pipeline.benchmarks.reports import benchmark_info, write_benchmark_results, write_overlay
+def _evaluate(name: str, config: EvaluateConfig, model_dirs: dict[str, Path], data: Path, subset: Path, out: Path, work: Path) -> dict[str, Any]:
+    from pipeline.benchmarks.reports import benchmark_info, write_model_results, write_overlay_arrays
+    from pipeline.benchmarks.summary import OVERLAY_NAME
     from pipeline.benchmarks.runner import ModelUnderTest, relevance_support, run_benchmark, run_fingerprint, run_metrics
     from pipeline.benchmarks.sources import open_source
     from pipeline.manifest import read_manifest
@@ -84,7 +87,10 @@ def _evaluate(name: str, config: EvaluateConfig, model_dirs: dict[str, Path], da
     fingerprint = run_fingerprint(list(model_dirs.values()), settings, listing)
     run = run_benchmark(source, models, seen, config, work, fingerprint, device)
     results = run_metrics(source, run, seen)
-    write_benchmark_results(source, run, results, benchmark_info(source, {"path": benchmark.path, "limit": benchmark.limit}), metrics, out, plots)
-    if config.overlay_images and source.has_masks and config.relevance:
-        write_overlay(source, models, config.overlay_images, device, plots / "relevance.png")
+    info_row = benchmark_info(source, {"path": benchmark.path, "limit": benchmark.limit})
+    for entry in models:
+        with atomic_directory(out / entry.name) as staging:
+            write_model_results(source, run, entry.name, results[entry.name], info_row, staging)
+            if config.overlay_images and source.has_masks and config.relevance:
+                write_overlay_arrays(source, entry, config.overlay_images, device, staging / OVERLAY_NAME)
     return results

@@ -27,7 +27,8 @@ def finetune(
     with user_errors():
         config = load_finetune(params, method)
         from pipeline.finetune_reports import write_finetune_reports
-        from pipeline.finetuning import FinetuneInputs, finetune as run_finetune
+        from pipeline.finetuning import FinetuneInputs
+        from pipeline.finetuning import finetune as run_finetune
         from pipeline.models import write_model_artifact
         from pipeline.subset import SUBSET_NAME
 
@@ -42,3 +43,5 @@ def finetune(
         f"{outcome.summary['base']['train_background_share']:.3f} -> {chosen['train_background_share']:.3f}; "
         f"val accuracy unseen {chosen['val_unseen_accuracy']:.3f}, seen {chosen['val_seen_accuracy']:.3f}"
     )
+    for warning in outcome.summary.get("warnings", []):
+        typer.secho(f"warning: {warning} (recorded in {metrics})", fg=typer.colors.YELLOW, err=True)

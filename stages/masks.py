@@ -8,6 +8,7 @@ import typer
 
 from pipeline.atomic import atomic_directory, write_json
 from pipeline.config import MasksConfig, load_section
+from pipeline.dvc_inputs import check_declared
 from stages.common import PARAMS_OPTION, user_errors
 
 
@@ -25,6 +26,17 @@ def masks(
     `grounded_sam`: GroundingDINO boxes, then SAM masks)."""
     with user_errors():
         config = load_section(params, "masks", MasksConfig)
+        if config.backend == "grounded_sam":
+            grounding, sam = config.grounded_sam.grounding, config.grounded_sam.sam
+            check_declared(
+                {
+                    "masks.grounded_sam.grounding.checkpoint": grounding.checkpoint,
+                    "masks.grounded_sam.grounding.config": grounding.config if Path(grounding.config).is_file() else None,
+                    "masks.grounded_sam.grounding.text_encoder": grounding.text_encoder if Path(grounding.text_encoder).is_dir() else None,
+                    "masks.grounded_sam.sam.checkpoint": sam.checkpoint,
+                },
+                params,
+            )
         from pipeline.mask_backends import build_mask_store
 
         with atomic_directory(out) as staging:

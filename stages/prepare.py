@@ -10,6 +10,7 @@ import typer
 
 from pipeline.atomic import atomic_directory, write_json
 from pipeline.config import PrepareConfig, load_section
+from pipeline.dvc_inputs import check_declared
 from stages.common import PARAMS_OPTION, user_errors
 
 
@@ -17,12 +18,13 @@ def prepare(
     params: Path = PARAMS_OPTION,
     out: Path = typer.Option(Path("data/prepared"), help="dataset artifact directory (fully rewritten)"),
     subset: Path = typer.Option(Path("data/subset"), help="fine-tuning subset artifact directory (fully rewritten)"),
-    metrics: Path = typer.Option(Path("metrics/prepare.json"), help="summary metrics JSON"),
+    metrics: Path = typer.Option(Path("results/prepare.json"), help="summary metrics JSON"),
     workers: int = typer.Option(0, help="rendering processes (world) or decoding threads (image folder); 0 = automatic"),
 ) -> None:
     """Build the dataset: the built-in world (`data.source: world`) or an image folder (`imagefolder`)."""
     with user_errors():
         config = load_section(params, "data", PrepareConfig)
+        check_declared({"data.imagefolder.class_names": config.imagefolder.class_names if config.imagefolder else None}, params)
         from pipeline.subset import SUBSET_NAME, write_subset
 
         if config.source == "imagefolder":

@@ -1,4 +1,4 @@
-"""`cft report`: every benchmark's results side by side, out-of-distribution means and forgetting."""
+"""`cft report`: every (benchmark, model) result side by side, out-of-distribution means and forgetting."""
 
 from __future__ import annotations
 
@@ -6,24 +6,24 @@ from pathlib import Path
 
 import typer
 
-from pipeline.config import EvaluateConfig, load_section
+from pipeline.config import load_evaluate
 from stages.common import PARAMS_OPTION, user_errors
 
 
 def report(
     params: Path = PARAMS_OPTION,
-    results: Path = typer.Option(Path("metrics/evaluate"), help="folder of `cft evaluate <benchmark>` metrics JSONs"),
-    metrics: Path = typer.Option(Path("metrics/evaluate.json"), help="summary metrics JSON"),
-    plots: Path = typer.Option(Path("plots/summary"), help="charts per metric, benchmarks side by side"),
+    results: Path = typer.Option(Path("results/evaluate"), help="folder of `cft evaluate` results: <benchmark>/<model>/"),
+    metrics: Path = typer.Option(Path("metrics"), help="folder of the compact metrics, one JSON per model (what `dvc metrics show` prints)"),
+    plots: Path = typer.Option(Path("plots/summary"), help="full table (metrics.csv), charts per metric, relevance pictures per benchmark"),
 ) -> None:
-    """Summarise the benchmarks of `evaluate.benchmarks` (each evaluated by `cft evaluate <name>`)."""
+    """Summarise the benchmarks of `evaluate.benchmarks` for every model of `evaluate.models`."""
     with user_errors():
-        config = load_section(params, "evaluate", EvaluateConfig)
-        from pipeline.benchmarks.reports import read_benchmark_metrics, summarise, write_summary
+        config = load_evaluate(params)
+        from pipeline.benchmarks.summary import read_results, summarise, write_summary
 
-        per_benchmark = read_benchmark_metrics(results, list(config.benchmarks))
+        per_benchmark = read_results(results, list(config.benchmarks), config.models)
         summary = summarise(per_benchmark, config.in_distribution)
-        write_summary(per_benchmark, summary, metrics, plots)
+        write_summary(per_benchmark, summary, metrics, plots, results)
     for name, row in summary.items():
         shown = ", ".join(f"{key} {value:.3f}" for key, value in row.items())
         typer.echo(f"{name}: {shown}")

@@ -22,7 +22,7 @@ _CLASS = re.compile(r'recognising a "(.+?)"')
 @dataclass
 class Reply:
     status: int = 200
-    content: str | None = None
+    content: str | None = None  # the answer; with an error status, the error message (None: "scripted status N")
     delay_s: float = 0.0
 
 
@@ -77,7 +77,7 @@ class ScriptedLLM:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length))
                 reply = server._reply_for(body, dict(self.headers))
@@ -93,7 +93,8 @@ class ScriptedLLM:
                         "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
                     }
                 else:
-                    payload = {"error": {"message": f"scripted status {reply.status}", "type": "test_error", "code": reply.status}}
+                    message = f"scripted status {reply.status}" if reply.content is None else reply.content
+                    payload = {"error": {"message": message, "type": "test_error", "code": reply.status}}
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(reply.status)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from pipeline.array_store import StoreError
+from pipeline.array_store import DamagedStoreError, StoreError
 from pipeline.concepts import CONCEPTS_JSON, CONCEPTS_PARQUET, ConceptsError, catalog_concepts, read_concepts, write_concepts
 from pipeline.config import ConceptsConfig
 from pipeline.manifest import classes_of, read_manifest
@@ -266,6 +266,81 @@ def test_mask_store_missing(tmp_path: Path) -> None:
         MaskStore(tmp_path)
 
 
+def sharded_store(path: Path) -> tuple[list[str], Path]:
+    """Five images in shards of two (files c/0, c/1, c/2); the third shard's masks are all empty."""
+    rng = np.random.default_rng(3)
+    masks = [rng.random((1, *RESOLUTION)) > 0.5 for _ in range(4)] + [np.zeros((1, *RESOLUTION), bool)]
+    results = [ImageMasks(f"img/{i}", "cat", ["ears"], mask) for i, mask in enumerate(masks)]
+    write_mask_store(path, results, RESOLUTION, "test", images_per_shard=2)
+    return [r.image_id for r in results], path / STORE_NAME / "masks" / "c"
+
+
+def shard(root: Path, index: int) -> Path:
+    return root / str(index) / "0" / "0" / "0"
+
+
+def test_every_shard_is_written_even_when_empty(tmp_path: Path) -> None:
+    """zarr skips all-empty shards by default; the store writes them, so a missing one means damage."""
+    ids, root = sharded_store(tmp_path)
+    assert [shard(root, i).is_file() for i in range(3)] == [True, True, True]
+    assert not MaskStore(tmp_path).concept_masks(ids[4:]).any()
+
+
+def test_deleted_mask_shard_is_named_at_open(tmp_path: Path) -> None:
+    """zarr reads a missing shard as all-False masks: the store must refuse to open instead."""
+    ids, root = sharded_store(tmp_path)
+    shard(root, 1).unlink()
+    with pytest.raises(DamagedStoreError, match=rf"{shard(root, 1)}: shard file missing \(1 of 3 in .*masks\.zarr/masks\)"):
+        MaskStore(tmp_path)
+
+
+def test_shard_deleted_after_open_is_named_on_read(tmp_path: Path) -> None:
+    ids, root = sharded_store(tmp_path)
+    store = MaskStore(tmp_path)
+    shard(root, 2).unlink()
+    assert store.concept_masks(ids[:4]).shape == (4, 1, *RESOLUTION)  # shards 0 and 1 are intact
+    with pytest.raises(DamagedStoreError, match=rf"{shard(root, 2)}: shard file missing \(rows 4..4\)"):
+        store.union(ids)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte", "emptied"])
+def test_damaged_mask_shard_is_named_on_read(tmp_path: Path, damage: str) -> None:
+    ids, root = sharded_store(tmp_path)
+    path = shard(root, 1)
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "flipped byte":
+        data[8] ^= 0x10  # in the first chunk's compressed data, not the shard index
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+    store = MaskStore(tmp_path)
+    with pytest.raises(DamagedStoreError, match=rf"{path}: shard file unreadable \(ValueError: Stored and computed checksum do not match"):
+        store.union(ids[1:3])
+    np.testing.assert_array_equal(store.concept_masks(ids[:1])[0, 0], MaskStore(tmp_path).concept_masks(ids[:1])[0, 0])  # other shards read
+
+
+def test_masks_that_differ_from_their_table_are_an_error(tmp_path: Path) -> None:
+    """A shard from another run (valid checksums, other masks) does not pass as this store's."""
+    ids, root = sharded_store(tmp_path / "a")
+    other = [ImageMasks(f"img/{i}", "cat", ["ears"], np.ones((1, *RESOLUTION), bool) if i == 0 else np.zeros((1, *RESOLUTION), bool)) for i in range(5)]
+    write_mask_store(tmp_path / "b", other, RESOLUTION, "test", images_per_shard=2)
+    shard(root, 0).write_bytes(shard(tmp_path / "b" / STORE_NAME / "masks" / "c", 0).read_bytes())
+    store = MaskStore(tmp_path / "a")
+    with pytest.raises(DamagedStoreError, match=r"masks\.zarr: the masks of 2 image\(s\) differ from masks\.parquet, e\.g\. img/0 slot 0 covers 1\.0000"):
+        store.union(ids)
+    assert store.concept_masks(ids[2:]).shape == (3, 1, *RESOLUTION)
+
+
+def test_store_and_table_of_other_sizes_are_an_error(tmp_path: Path) -> None:
+    ids, _ = sharded_store(tmp_path)
+    group = zarr.open_group(str(tmp_path / STORE_NAME), mode="r+")
+    group.attrs["image_ids"] = ids[:4]
+    with pytest.raises(StoreError, match=r"masks of shape \(5, 1, 4, 5\), but its attributes say \(4, 1, 4, 5\)"):
+        MaskStore(tmp_path)
+
+
 # --- annotated backend ------------------------------------------------------------------------
 
 
@@ -329,7 +404,7 @@ def test_annotated_resolution(tiny_world: Path, manifest: pa.Table, world_concep
 
 
 def test_annotated_needs_part_catalog(tmp_path: Path, manifest: pa.Table) -> None:
-    with pytest.raises(StoreError, match="has no part annotations"):
+    with pytest.raises(StoreError, match="annotated needs part annotations that come with the data .*a dataset without part annotations.*masks.backend: grounded_sam"):
         annotated_masks(tmp_path, manifest, train_ids(manifest, 1), {}, None, progress=False)
 
 

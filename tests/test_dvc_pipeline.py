@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,16 +26,21 @@ def run(args: list[str], cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("project")
+def copy_repository(root: Path) -> None:
+    """The project's code and pipeline definition, without any outputs, into ``root``."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
     for name in listed:
-        if (REPO / name).is_file() and (name.startswith("data/weights/") or not name.startswith(("data/", "models/", "metrics/", "plots/"))) and name != "dvc.lock":
+        if (REPO / name).is_file() and (name.startswith("data/weights/") or not name.startswith(("data/", "models/", "metrics/", "plots/", "results/"))) and name != "dvc.lock":
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    copy_repository(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"]["world"]["split_sizes"] = TINY_SPLITS
     params["data"]["subset"].update(TINY_SUBSET)
@@ -48,12 +54,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage(project: Path) -> None:
     output = run(["dvc", "repro"], project)
-    for stage in ("prepare", "base", "concepts", "masks", "finetune@cft", "finetune@plain", "finetune@corruptions", "evaluate@test", "evaluate@swapped_bg", "report"):
+    models = ("base", "cft", "plain", "corruptions")
+    evaluations = [f"evaluate@{benchmark}-{model}" for benchmark in ("test", "swapped_bg") for model in models]
+    for stage in ("prepare", "base", "concepts", "masks", "finetune@cft", "finetune@plain", "finetune@corruptions", *evaluations, "report"):
         assert f"Running stage '{stage}'" in output
-    metrics = json.loads((project / "metrics" / "base.json").read_text())
-    assert "swapped_bg" in metrics["accuracy"]
-    evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert set(evaluation["summary"]) == {"base", "cft", "plain", "corruptions"}
+    details = json.loads((project / "results" / "base.json").read_text())
+    assert "swapped_bg" in details["accuracy"]
+    assert sorted(path.name for path in (project / "metrics").iterdir()) == sorted(f"{model}.json" for model in models)
     assert (project / "models" / "base" / "model.safetensors").is_file()
     assert (project / "dvc.lock").is_file()
 
@@ -74,14 +81,13 @@ def test_base_param_change_reruns_only_base(project: Path) -> None:
     assert "Running stage 'prepare'" not in output
 
 
-def test_cft_param_change_reruns_only_cft_and_evaluate(project: Path) -> None:
+def test_cft_param_change_reruns_only_cft_and_its_evaluations(project: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["finetune"]["cft"]["foreground_weight"] = 0.25
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     output = run(["dvc", "repro"], project)
-    assert "Running stage 'finetune@cft'" in output and "Running stage 'evaluate@test'" in output and "Running stage 'report'" in output
-    for stage in ("prepare", "base", "concepts", "masks", "finetune@plain"):
-        assert f"Running stage '{stage}'" not in output
+    ran = set(re.findall(r"Running stage '([^']+)'", output))
+    assert ran == {"finetune@cft", "evaluate@test-cft", "evaluate@swapped_bg-cft", "report"}, ran
 
 
 def test_benchmark_change_reruns_only_that_benchmark_and_the_report(project: Path) -> None:
@@ -89,11 +95,10 @@ def test_benchmark_change_reruns_only_that_benchmark_and_the_report(project: Pat
     params["evaluate"]["benchmarks"]["swapped_bg"]["limit"] = 20
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     output = run(["dvc", "repro"], project)
-    assert "Running stage 'evaluate@swapped_bg'" in output and "Running stage 'report'" in output
-    for stage in ("evaluate@test", "finetune@cft", "finetune@plain", "base"):
-        assert f"Running stage '{stage}'" not in output
-    evaluated = json.loads((project / "metrics" / "evaluate" / "swapped_bg.json").read_text())
-    assert evaluated["models"]["base"]["images"] == 20
+    ran = set(re.findall(r"Running stage '([^']+)'", output))
+    assert ran == {f"evaluate@swapped_bg-{model}" for model in ("base", "cft", "plain", "corruptions")} | {"report"}, ran
+    evaluated = json.loads((project / "results/evaluate/swapped_bg/base/scores.json").read_text())
+    assert evaluated["scores"]["images"] == 20
 
 
 def test_concepts_param_change_reruns_concepts_but_not_masks_when_concepts_are_the_same(project: Path) -> None:
@@ -102,12 +107,12 @@ def test_concepts_param_change_reruns_concepts_but_not_masks_when_concepts_are_t
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     output = run(["dvc", "repro"], project)
     assert "Running stage 'concepts'" in output
-    for stage in ("prepare", "base", "masks", "finetune@cft", "evaluate@test"):
+    for stage in ("prepare", "base", "masks", "finetune@cft", "evaluate@test-base"):
         assert f"Running stage '{stage}'" not in output
 
 
 # Outputs DVC caches (and so pushes): git ignores them; a clone gets them only from the remote.
-CACHED_OUTS = ("data/prepared", "data/subset", "data/concepts", "data/masks", "models/base", "models/finetune/cft", "models/finetune/plain", "results/evaluate/test")
+CACHED_OUTS = ("data/prepared", "data/subset", "data/concepts", "data/masks", "models/base", "models/cft", "models/plain", "results/evaluate/test/cft")
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.benchmarks.summary import compact
+from pipeline.benchmarks.summary import summarise as summarise_benchmarks
 from pipeline.checkpoint import STATE_NAME, fingerprint, load_state, save_state
-from pipeline.benchmarks.reports import summarise as summarise_benchmarks
 from pipeline.evaluation import SegmentationCounts, binarise_at_mean
 
 # Two 2x2 images whose dataset-level IoU (summed counts) differs from the mean of per-image IoUs.
@@ -101,6 +102,7 @@ def test_summarise() -> None:
         "ood_accuracy_seen_mean": 0.6,
         "ood_accuracy_unseen_mean": 0.4,
         "ood_miou_mean": 0.3,
+        "in_distribution_accuracy": 0.9,
         "forgetting_unseen": 0.0,
     }
     assert summary["cft"] == {
@@ -108,8 +110,10 @@ def test_summarise() -> None:
         "ood_accuracy_seen_mean": 0.7,
         "ood_accuracy_unseen_mean": 0.4,
         "ood_miou_mean": 0.6,
+        "in_distribution_accuracy": 0.95,
         "forgetting_unseen": 0.1,
     }
+    assert compact(summary["cft"]) == {"ood_acc": 0.6, "ood_seen": 0.7, "ood_unseen": 0.4, "id_acc": 0.95, "forgetting": 0.1, "ood_miou": 0.6}
     assert summary["other"] == {"ood_accuracy_mean": 0.1, "ood_accuracy_seen_mean": 0.2, "ood_accuracy_unseen_mean": 0.1}
 
 

@@ -245,11 +245,40 @@ def test_missing_root_and_single_class_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ImageFolderError, match=re.escape(str(missing))):
         select(missing, tmp_path / "prepared")
     root = make_tree(tmp_path / "one", {"only": ["good"] * 5})
-    (root / "empty").mkdir()  # a folder without images is not a class
-    (root / ".hidden").mkdir()
+    (root / ".hidden").mkdir()  # hidden folders are not classes
     write_file(root / ".hidden", "good", 0, seed=0)
     with pytest.raises(ImageFolderError, match=re.escape(str(root)) + r".*at least two class folders"):
         select(root, tmp_path / "prepared")
+
+
+def test_empty_class_folder_is_an_error_naming_it(tmp_path: Path) -> None:
+    """Skipping a folder without images would shift every later class's index (c1 would take c0's
+    place), against a model trained on all the folders: the folder is named instead."""
+    root = make_tree(tmp_path / "images", {f"c{i}": ["good"] * 4 for i in (0, 2, 3)})
+    (root / "c1").mkdir()
+    (root / "c1" / "notes.txt").write_text("not an image")
+    (root / "c4").mkdir()
+    with pytest.raises(ImageFolderError, match=r"2 of 5 class folder\(s\) hold no image") as caught:
+        select(root, tmp_path / "prepared")
+    message = str(caught.value)
+    assert f"{root / 'c1'} (1 file(s) with other extensions)" in message and str(root / "c4") in message
+    assert "shift" in message and "data.imagefolder.extensions" in message
+    assert not (tmp_path / "prepared").exists()
+
+    # through `cft prepare`: exit status 2, the folder named, nothing written
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data": {"source": "imagefolder", "imagefolder": {"root": str(root)}, "subset": {"images_per_class": K, "val_images_per_class": V}}}))
+    out = tmp_path / "data" / "prepared"
+    result = runner.invoke(app, ["prepare", "--params", str(params), "--out", str(out), "--subset", str(tmp_path / "subset"), "--metrics", str(tmp_path / "m.json")])
+    assert result.exit_code == 2, result.output
+    assert str(root / "c4") in result.output and not out.exists()
+
+    # with images in both folders the classes keep the folders' sorted order
+    for index in range(2):
+        write_file(root / "c1", "good", index, seed=7 + index)
+        write_file(root / "c4", "good", index, seed=9 + index)
+    manifest, _, _ = select(root, tmp_path / "prepared", k=1, v=1)
+    assert classes_of(manifest) == ["c0", "c1", "c2", "c3", "c4"]
 
 
 # --- class names ----------------------------------------------------------------------------------
@@ -347,3 +376,31 @@ def test_cft_prepare_imagefolder_without_its_section_names_the_key(tmp_path: Pat
     assert result.exit_code == 2, result.output
     assert "data.imagefolder" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_annotated_mask_backend_on_an_image_folder_says_to_use_grounded_sam(tmp_path: Path) -> None:
+    """An image folder has no part annotations: the error says what the annotated backend needs and
+    which backend image folders take, instead of naming a missing world.json."""
+    from pipeline.concepts import write_concepts
+
+    root = make_tree(tmp_path / "images", {f"c{i}": ["good"] * 3 for i in range(2)})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "data": {"source": "imagefolder", "imagefolder": {"root": str(root)}, "subset": {"images_per_class": K, "val_images_per_class": V}},
+        "masks": {"backend": "annotated", "resolution": 16},
+    }))
+    out, subset = tmp_path / "data" / "prepared", tmp_path / "data" / "subset"
+    result = runner.invoke(app, ["prepare", "--params", str(params), "--out", str(out), "--subset", str(subset), "--metrics", str(tmp_path / "m.json"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    write_concepts(tmp_path / "concepts", {"c0": ["head"], "c1": ["tail"]}, {"source": "test"})
+    masks = tmp_path / "data" / "masks"
+    result = runner.invoke(app, [
+        "masks", "--params", str(params), "--data", str(out), "--subset", str(subset), "--concepts", str(tmp_path / "concepts"),
+        "--out", str(masks), "--work", str(tmp_path / "work"), "--sheet", str(tmp_path / "masks.png"),
+    ])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "annotated needs part annotations that come with the data (the built-in world" in message
+    assert "an image folder (data.source: imagefolder)" in message and "set masks.backend: grounded_sam" in message
+    assert "world.json" not in message
+    assert not masks.exists()

@@ -9,20 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import litellm
 import pytest
 
 from pipeline.config import ConceptFilterConfig, LlmConfig
-from pipeline.llm_concepts import (
-    FEW_SHOT,
-    PROMPT_TEMPLATE,
-    SYSTEM_PROMPT,
-    ClassResult,
-    InvalidAnswer,
-    LlmError,
-    parse_concepts,
-    propose_concepts,
-)
+from pipeline.llm_concepts import FEW_SHOT, PLACEHOLDER_KEY, PROMPT_TEMPLATE, SYSTEM_PROMPT, ClassResult, InvalidAnswer, LlmError, parse_concepts, propose_concepts
 from tests.llm_server import Reply, ScriptedLLM, concepts_json
 
 CLASSES = {"c0_heron": "heron", "c1_robin": "robin", "c2_duck": "duck"}
@@ -277,7 +267,15 @@ def test_empty_content_is_retried(content: str | None) -> None:
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(429, "RateLimitError"), (500, "InternalServerError"), (502, "BadGatewayError"), (503, "ServiceUnavailableError")],
+    [
+        (429, "RateLimitError"),
+        (500, "InternalServerError"),
+        (502, "BadGatewayError"),
+        (503, "ServiceUnavailableError"),
+        (504, "Timeout"),
+        (520, "APIError"),  # litellm has no class for 520 (Cloudflare) or 529 (Anthropic overloaded)
+        (529, "APIError"),
+    ],
 )
 def test_transient_status_is_retried_after_backoff(status: int, error: str) -> None:
     with Server(first_then_valid(Reply(status))) as server:
@@ -325,7 +323,8 @@ def test_timeout_is_retried() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "error"), [(401, "AuthenticationError"), (404, "NotFoundError"), (400, "BadRequestError")]
+    ("status", "error"),
+    [(401, "AuthenticationError"), (404, "NotFoundError"), (400, "BadRequestError"), (422, "BadRequestError"), (501, "APIError")],
 )
 def test_permanent_errors_stop_at_once(status: int, error: str) -> None:
     with Server(first_then_valid(Reply(status))) as server:
@@ -364,9 +363,138 @@ def test_api_key_from_named_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: 
                 assert "sk-secret-value" not in file.read_text()
 
         monkeypatch.delenv("CFT_TEST_KEY")
-        with pytest.raises(LlmError, match="CFT_TEST_KEY"):
+        with pytest.raises(LlmError, match="CFT_TEST_KEY") as caught:
             propose({"robin": "robin"}, make_config(server, api_key_env="CFT_TEST_KEY", max_retries=3))
+        assert "OPENAI_API_KEY" not in str(caught.value)
         assert server.count() == 3
+
+
+# --- keys: a missing or rejected key stops at once naming the variable; api_base servers need none ---
+
+KEY_VARIABLES = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+
+
+def without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in KEY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def error_line(output: str) -> str:
+    (line,) = [line for line in output.splitlines() if line.startswith("error:")]
+    return line
+
+
+@pytest.mark.parametrize(("model", "variable"), [("openai/gpt-4o-mini", "OPENAI_API_KEY"), ("anthropic/claude-3-5-haiku-latest", "ANTHROPIC_API_KEY")])
+def test_missing_key_fails_fast_naming_the_variable(monkeypatch: pytest.MonkeyPatch, model: str, variable: str) -> None:
+    """litellm refuses before sending; the OpenAI route's refusal comes as an InternalServerError (500)
+    that was once retried for 15+ s per class, its message cut off before the variable's name."""
+    without_keys(monkeypatch)
+    config = LlmConfig(model=model, cache_dir=None, backoff_s=2.0, max_retries=3, concurrency=2)  # retries: 2 + 4 + 8 s
+    start = time.monotonic()
+    with pytest.raises(LlmError) as caught:
+        propose_concepts(CLASSES, config, ConceptFilterConfig(), progress=False)  # the real sleep
+    elapsed = time.monotonic() - start
+    message = str(caught.value)
+    assert elapsed < 3.0, message
+    assert message.startswith(f"{model}: no API key: set the environment variable {variable} (or name another variable in concepts.llm.api_key_env).")
+    provider_message = " ".join(str(caught.value.__cause__).split())
+    assert provider_message in message  # whole, not cut off
+    assert "\n" not in message
+    if model.startswith("openai/"):
+        assert "was not sent" in message and "Missing credentials" in message
+
+
+def test_a_server_answering_401_stops_at_once_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    with Server(lambda name, earlier: Reply(401, "Invalid API key")) as server:
+        sleeps: list[float] = []
+        with pytest.raises(LlmError) as caught:
+            propose({"heron": "heron"}, make_config(server, max_retries=4, backoff_s=1.0), sleeps=sleeps)
+        assert (server.count(), sleeps) == (1, [])
+        message = str(caught.value)
+        assert message.startswith("openai/test-model: the API key in OPENAI_API_KEY was rejected: check it (or name another variable in concepts.llm.api_key_env).")
+        assert "AuthenticationError while asking about 'heron'" in message and "Invalid API key" in message
+        assert "sk-test" not in message
+
+        without_keys(monkeypatch)  # api_base and no key: the placeholder is sent, the server wants a real one
+        with pytest.raises(LlmError) as caught:
+            propose({"heron": "heron"}, make_config(server, max_retries=4, backoff_s=1.0), sleeps=sleeps)
+        assert (server.count(), sleeps) == (2, [])
+        assert str(caught.value).startswith(
+            f"openai/test-model: no API key (the server at {server.url} asks for one): set the environment variable OPENAI_API_KEY (or name another variable in concepts.llm.api_key_env)."
+        )
+
+
+def test_a_custom_key_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CFT_CUSTOM_KEY", "sk-custom-secret")
+    with Server(lambda name, earlier: Reply(401)) as server:
+        with pytest.raises(LlmError) as caught:
+            propose({"heron": "heron"}, make_config(server, api_key_env="CFT_CUSTOM_KEY", max_retries=4, backoff_s=1.0))
+        message = str(caught.value)
+        assert message.startswith("openai/test-model: the API key in CFT_CUSTOM_KEY was rejected: check it.")
+        assert "OPENAI_API_KEY" not in message and "sk-custom-secret" not in message
+        assert server.count() == 1
+        assert {k.lower(): v for k, v in server.headers[0].items()}["authorization"] == "Bearer sk-custom-secret"
+
+    monkeypatch.delenv("CFT_CUSTOM_KEY")
+    without_keys(monkeypatch)
+    config = LlmConfig(model="openai/gpt-4o-mini", api_key_env="CFT_CUSTOM_KEY", cache_dir=None, backoff_s=2.0)
+    with pytest.raises(LlmError, match=r"concepts.llm.api_key_env: environment variable CFT_CUSTOM_KEY is not set") as caught:
+        propose_concepts(CLASSES, config, ConceptFilterConfig(), progress=False)
+    assert "OPENAI_API_KEY" not in str(caught.value)
+
+
+def test_api_base_without_a_key_works(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """vLLM, llama.cpp or a proxy that checks no key: the OpenAI client gets a placeholder, never stored."""
+    without_keys(monkeypatch)
+    cache = tmp_path / "cache"
+    with Server(mixed_answer) as server:
+        results, _ = propose(CLASSES, make_config(server, cache_dir=str(cache)))
+        assert {key: result.concepts for key, result in results.items()} == {key: ["long beak", "wings"] for key in CLASSES}
+        assert {result.requests for result in results.values()} == {1}
+        authorizations = [{k.lower(): v for k, v in h.items()}.get("authorization") for h in server.headers]
+        assert authorizations == [f"Bearer {PLACEHOLDER_KEY}"] * 3
+        for file in cache.glob("*.json"):
+            assert "api_key" not in json.loads(file.read_text())["request"]
+
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")  # a key that is set is sent, not the placeholder
+        propose({"robin": "robin"}, make_config(server))
+        assert {k.lower(): v for k, v in server.headers[-1].items()}["authorization"] == "Bearer sk-from-env"
+
+
+def test_long_provider_messages_are_not_cut_off() -> None:
+    long_message = "The request is invalid:\n" + " ".join(f"detail{i}" for i in range(200)) + " END-OF-MESSAGE"
+    with Server(lambda name, earlier: Reply(400, long_message)) as server:
+        with pytest.raises(LlmError) as caught:
+            propose({"heron": "heron"}, make_config(server))
+        message = str(caught.value)
+        assert " ".join(long_message.split()) in message
+        assert "\n" not in message
+        assert server.count() == 1
+
+
+def test_the_stage_exits_2_with_one_clear_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import typer
+    import yaml
+    from typer.testing import CliRunner
+
+    from stages.concepts import concepts
+
+    app = typer.Typer(pretty_exceptions_enable=False)
+    app.command()(concepts)
+    without_keys(monkeypatch)
+    monkeypatch.delenv("CFT_TRACEBACK", raising=False)
+    (tmp_path / "classes.txt").write_text("heron\nrobin\n")
+    llm = {"model": "openai/gpt-4o-mini", "cache_dir": None, "backoff_s": 2.0, "max_retries": 3}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"concepts": {"source": "llm", "llm": llm}}))
+    start = time.monotonic()
+    result = CliRunner().invoke(app, ["--params", str(tmp_path / "params.yaml"), "--classes", str(tmp_path / "classes.txt"), "--out", str(tmp_path / "concepts")])
+    assert time.monotonic() - start < 3.0
+    assert result.exit_code == 2, result.output
+    line = error_line(result.output)
+    assert line.startswith("error: openai/gpt-4o-mini: no API key: set the environment variable OPENAI_API_KEY")
+    assert "Missing credentials" in line
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "concepts").exists()
 
 
 def test_concurrency_runs_classes_in_parallel_and_keeps_class_order() -> None:

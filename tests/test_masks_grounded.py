@@ -10,7 +10,7 @@ import torch
 
 from pipeline.config import GroundedSamConfig, MasksConfig
 from pipeline.grounding import ConceptDetector, Detections, build_grounding_dino
-from pipeline.mask_store import MaskStore, write_mask_store
+from pipeline.mask_store import BOX_MARGIN, NOISY_MAX_SPILL, NOISY_MIN_FILL, NOISY_MIN_INSIDE, MaskStore, box_agreement, is_noisy, write_mask_store
 from pipeline.masks_grounded import GroundedSam, grounded_sam_masks, object_prompt, slot_count
 from pipeline.segmenting import BoxSegmenter, build_sam
 from tests.grounded_models import GROUNDING_OVERRIDES, TINY_SAM, spread_scores, tiny_grounding_config, tiny_text_encoder
@@ -102,8 +102,93 @@ def test_qc_flags_union_of_boxes_and_fallback(sam: torch.nn.Module, tmp_path: Pa
     np.testing.assert_array_equal(bird.masks[0], separate.any(axis=0))
     # the car's concepts are not found: the whole-object prompt fills in, flagged
     assert car.fallback and car.concepts == ["wheels", "door", "car"]
-    assert car.flags()[:2] == ["no_box", "no_box"] and car.flags()[2] in ("fallback", "empty", "full")
+    assert car.flags()[:2] == ["no_box", "no_box"] and car.flags()[2] in ("fallback", "empty", "full", "noisy")
     assert segmenter.embedded == [2]  # both images have boxes: one encoder call, each image once
+
+
+def rectangle(shape: tuple[int, int], x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[int(round(y0)) : int(round(y1)), int(round(x0)) : int(round(x1))] = True
+    return mask
+
+
+def test_noisy_flag_keeps_masks_that_follow_their_boxes_and_catches_noise() -> None:
+    """What SAM gives for a box (the thing in the box, give or take its box jitter) stays usable; a
+    mask that ignores its box (untrained weights: a pattern over the whole image) does not."""
+    shape = (120, 160)
+    box = np.array([[40, 30, 100, 90]], np.float32)  # 60 x 60 px
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    sensible = {
+        "the box filled": rectangle(shape, 40, 30, 100, 90),
+        "a rectangle inside the box": rectangle(shape, 50, 40, 90, 80),
+        "the inscribed ellipse": ((xx + 0.5 - 70) / 30) ** 2 + ((yy + 0.5 - 60) / 30) ** 2 <= 1,
+        "a diagonal bar 8 % of the box side wide": (np.abs((xx - 40) - (yy - 30)) <= 3) & rectangle(shape, 40, 30, 100, 90),
+        "the object 20 % wider than a tight box": rectangle(shape, 34, 24, 106, 96),
+    }
+    for name, mask in sensible.items():
+        assert not is_noisy(mask, box), (name, box_agreement(mask, box))
+    two_boxes = np.array([[10, 10, 30, 30], [120, 80, 150, 110]], np.float32)
+    assert not is_noisy(rectangle(shape, 10, 10, 30, 30) | rectangle(shape, 122, 82, 148, 108), two_boxes)
+
+    noise = np.random.default_rng(0).random(shape) < 0.6  # like the tiny random SAM: ~60 % everywhere
+    big_box = np.array([[10, 10, 150, 100]], np.float32)  # 80 % of the image: most of the noise is inside it
+    noisy = {
+        "noise, box in the middle": (noise, box, "inside"),
+        "noise, box over most of the image": (noise, big_box, "spill"),
+        "a speck in its box": (rectangle(shape, 60, 50, 64, 54), box, "fill"),
+        "the whole object for a small part's box": (rectangle(shape, 20, 10, 150, 115), np.array([[60, 40, 80, 60]], np.float32), "inside"),
+    }
+    for name, (mask, boxes, reason) in noisy.items():
+        agreement = box_agreement(mask, boxes)
+        assert is_noisy(mask, boxes), (name, agreement)
+        failed = {"fill": agreement["fill"] < NOISY_MIN_FILL, "inside": agreement["inside"] < NOISY_MIN_INSIDE, "spill": agreement["spill"] > NOISY_MAX_SPILL}
+        assert failed[reason], (name, agreement)
+    assert box_agreement(noise, big_box)["inside"] > NOISY_MIN_INSIDE  # only the spill outside the box gives it away
+    # the enlarged box reaches BOX_MARGIN of the box's size beyond each side, not further
+    assert box_agreement(rectangle(shape, 34, 24, 106, 96), box)["inside"] == 1.0 and BOX_MARGIN == pytest.approx(0.1)
+    assert box_agreement(rectangle(shape, 20, 10, 120, 110), box)["inside"] < 1.0
+    # empty masks and masks without boxes are left to the `empty` and `no_box` flags
+    assert not is_noisy(np.zeros(shape, bool), box) and not is_noisy(noise, np.zeros((0, 4), np.float32))
+
+
+class BoxFillingSegmenter:
+    """Stands in for a trained SAM: each box's mask is the ellipse inscribed in it."""
+
+    def embed(self, images: list[np.ndarray]) -> list[tuple[int, int]]:
+        return [image.shape[:2] for image in images]
+
+    def segment(self, embeddings: list[tuple[int, int]], index: int, boxes: np.ndarray) -> np.ndarray:
+        yy, xx = np.mgrid[: embeddings[index][0], : embeddings[index][1]] + 0.5
+        masks = []
+        for x0, y0, x1, y1 in boxes:
+            masks.append(((xx - (x0 + x1) / 2) / ((x1 - x0) / 2)) ** 2 + ((yy - (y0 + y1) / 2) / ((y1 - y0) / 2)) ** 2 <= 1)
+        return np.stack(masks)
+
+
+def test_masks_that_follow_their_boxes_are_ok_and_random_sam_masks_are_noisy(sam: torch.nn.Module, tmp_path: Path) -> None:
+    boxes = {"long beak": [[2, 2, 20, 20], [30, 10, 60, 40]], "wings": [[10, 20, 40, 46]], "red tail": [[40, 5, 62, 30]], "wheels": [[5, 5, 50, 40]], "door": [[20, 10, 44, 44]]}
+    pictures = images(2)
+    sensible = run(GroundedSam(ScriptedDetector(boxes), BoxFillingSegmenter(), {}), config(), pictures, tmp_path / "sensible")  # type: ignore[arg-type]
+    assert [r.flags() for r in sensible] == [["ok", "ok", "ok"], ["ok", "ok"]] and not any(r.fallback for r in sensible)
+
+    # the tiny random-weight SAM on the same boxes: a pattern over the whole image, whatever the box
+    random_sam = run(GroundedSam(ScriptedDetector(boxes), BoxSegmenter(sam, CPU), {}), config(), pictures, tmp_path / "random")  # type: ignore[arg-type]
+    flags = [flag for r in random_sam for flag in r.flags()]
+    assert [r.concepts[-1] for r in random_sam] == ["bird", "car"]  # no concept usable: the object prompt was tried, found no box
+    assert flags == ["noisy", "noisy", "noisy", "no_box", "noisy", "noisy", "no_box"]
+    write_mask_store(tmp_path / "store", random_sam, (16, 16), "grounded_sam")
+    store = MaskStore(tmp_path / "store")
+    assert store.flags() == {"no_box": 2, "noisy": 5}
+    assert not store.usable([r.image_id for r in random_sam]).any()  # fine-tuning would leave these images out
+
+
+def test_random_weight_grounded_sam_gives_no_usable_mask(detector: ConceptDetector, sam: torch.nn.Module, tmp_path: Path) -> None:
+    """The user's report: random-weight GroundingDINO + SAM used to flag every mask it found `ok`."""
+    results = run(GroundedSam(detector, BoxSegmenter(sam, CPU), {}), config(), images(7), tmp_path)
+    flags = [flag for r in results for flag in r.flags()]
+    segmented = [flag for flag in flags if flag not in ("no_box", "empty")]
+    assert segmented and "ok" not in flags and "fallback" not in flags
+    assert segmented.count("noisy") >= 0.9 * len(segmented), flags
 
 
 def test_skip_policy_leaves_unfound_images_unusable_and_unembedded(sam: torch.nn.Module, tmp_path: Path) -> None:
@@ -183,7 +268,7 @@ def test_interrupted_run_resumes_with_identical_results(detector: ConceptDetecto
     resumed = run(models, config(), pictures, tmp_path / "work", loads)
     assert loads == [["img/6", "img/7"]]  # the two finished parts are not recomputed
     for a, b in zip(reference, resumed, strict=True):
-        assert (a.image_id, a.concepts, a.boxes, a.fallback) == (b.image_id, b.concepts, b.boxes, b.fallback)
+        assert (a.image_id, a.concepts, a.boxes, a.fallback, a.noisy) == (b.image_id, b.concepts, b.boxes, b.fallback, b.noisy)
         np.testing.assert_array_equal(a.masks, b.masks)
         assert a.scores == pytest.approx(b.scores)
 
@@ -217,12 +302,12 @@ def test_cft_masks_with_grounded_sam_from_params(tiny_world: Path, tmp_path: Pat
     import yaml
     from typer.testing import CliRunner
 
+    from pipeline.concepts import write_concepts
+    from pipeline.config import SubsetConfig
+    from pipeline.manifest import read_manifest
     from pipeline.model_files import file_sha256
     from pipeline.segmenting import SAM_ARCHITECTURES
     from pipeline.subset import SUBSET_NAME, select_subset, subset_ids, write_subset
-    from pipeline.config import SubsetConfig
-    from pipeline.concepts import write_concepts
-    from pipeline.manifest import read_manifest
     from stages.cli import app
     from tests.grounded_models import tiny_grounding_config_file
 

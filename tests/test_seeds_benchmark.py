@@ -38,10 +38,11 @@ def test_one_table_over_seeds_with_every_benchmark(tmp_path: Path, capsys: pytes
     assert "| benchmark | metric | base | cft | plain |" in table
     assert "| swapped_bg | miou |" in table and "| summary | ood_accuracy_mean |" in table
     for seed in (3, 4):
-        report = json.loads((tmp_path / f"work/seed{seed}/metrics/evaluate.json").read_text())
-        assert set(report["benchmarks"]) == {"test", "swapped_bg"}
-    first = json.loads((tmp_path / "work/seed3/metrics/evaluate.json").read_text())
-    second = json.loads((tmp_path / "work/seed4/metrics/evaluate.json").read_text())
+        results = tmp_path / f"work/seed{seed}/results/evaluate"
+        assert {(path.parent.name, path.name) for path in results.glob("*/*")} == {(b, m) for b in ("test", "swapped_bg") for m in ("base", "cft", "plain")}
+        assert sorted(path.name for path in (tmp_path / f"work/seed{seed}/metrics").iterdir()) == ["base.json", "cft.json", "plain.json"]
+    first = (tmp_path / "work/seed3/plots/summary/metrics.csv").read_text()
+    second = (tmp_path / "work/seed4/plots/summary/metrics.csv").read_text()
     assert first != second  # the seed reaches data, subset, base and fine-tuning
     spread = [line for line in table.splitlines() if line.startswith("| test | accuracy_seen |")]
     assert spread and "±" in spread[0]

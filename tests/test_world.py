@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
-from pipeline.array_store import open_array
+from pipeline.array_store import DamagedStoreError, StoreError, open_array, read_rows, write_image_array
 from pipeline.config import WorldConfig
+from pipeline.datasets import load_split, object_masks
 from pipeline.manifest import read_manifest, split_rows
 from pipeline.world.build import build_world
 from pipeline.world.classes import CLASSES, resolve_classes
@@ -113,3 +116,31 @@ def test_class_subset_and_unknown_class() -> None:
 def test_contact_sheets_for_every_split(tiny_world: Path) -> None:
     sheets = {p.stem for p in (tiny_world / "contact_sheets").glob("*.png")}
     assert sheets == set(TINY_SPLITS)
+
+
+def test_read_rows_across_shards_in_any_order(tmp_path: Path) -> None:
+    data = np.arange(10 * 2 * 3, dtype=np.uint8).reshape(10, 2, 3)
+    write_image_array(zarr.open_group(str(tmp_path / "s.zarr"), mode="w"), "a", data, images_per_shard=3)
+    array = open_array(tmp_path / "s.zarr", "a")
+    rows = [9, 2, 3, 4, 5, 0, 1, 8, 6, 7, 3]
+    np.testing.assert_array_equal(read_rows(array, rows), data[rows])
+
+
+def test_world_store_with_a_deleted_shard_is_named(tmp_path: Path, tiny_world: Path) -> None:
+    world = shutil.copytree(tiny_world, tmp_path / "world")
+    shard = world / "world.zarr" / "val" / "images" / "c" / "0" / "0" / "0" / "0"
+    shard.unlink()
+    with pytest.raises(DamagedStoreError, match=rf"{shard}: shard file missing"):
+        load_split(world / "manifest.parquet", "val")
+
+
+def test_world_store_with_a_truncated_shard_is_named(tmp_path: Path, tiny_world: Path) -> None:
+    """Also for the part labels, where "no such array" means "no object masks": damage is no absence."""
+    world = shutil.copytree(tiny_world, tmp_path / "world")
+    shard = world / "world.zarr" / "test" / "part_labels" / "c" / "0" / "0" / "0"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    rows = split_rows(read_manifest(world / "manifest.parquet"), "test")
+    with pytest.raises(DamagedStoreError, match=rf"{shard}: shard file unreadable .*checksum") as error:
+        object_masks(world, rows)
+    assert not isinstance(error.value, StoreError)
+    assert len(load_split(world / "manifest.parquet", "test")) == TINY_SPLITS["test"]  # the images are intact

@@ -186,17 +186,25 @@ def run_benchmark(source: EvalSource, models: list[ModelUnderTest], seen_classes
     seen = seen_flags(source.images, len(source), seen_classes)
     parts: list[PartResult] = []
     starts = list(range(0, len(source), config.part_size))
-    with tqdm(total=len(source), desc=f"evaluate/{source.name}", unit="img", disable=not progress) as bar:
+    names = "+".join(m.name for m in models)
+    with tqdm(total=len(source), desc=f"evaluate/{source.name}/{names}", unit="img", disable=not progress) as bar:
+        resumed = 0
         for number, start in enumerate(starts):
             path = work_dir / f"{PART_PREFIX}{fingerprint[:16]}-{number:05d}.npz"
             indices = list(range(start, min(start + config.part_size, len(source))))
             part = PartResult.load(path, fingerprint)
             if part is None:
+                if resumed:
+                    tqdm.write(f"evaluate/{source.name}/{names}: resuming after {resumed} images (finished parts in {work_dir})")
+                    resumed = 0
                 part = _run_part(source, indices, models, seen, config, device, bar)
                 part.save(path, fingerprint)
             else:
+                resumed += len(indices)
                 bar.update(len(indices))
             parts.append(part)
+        if resumed == len(source) and len(source):
+            tqdm.write(f"evaluate/{source.name}/{names}: all {resumed} images already scored (finished parts in {work_dir})")
     predictions = {m.name: {p: np.concatenate([part.predictions[m.name][p] for part in parts]) for p in parts[0].predictions[m.name]} for m in models} if parts else {}
     scores: dict[str, dict[str, SegmentationScores]] = {}
     shares: dict[str, list[float]] = {}
@@ -216,7 +224,7 @@ def run_metrics(source: EvalSource, run: BenchmarkRun, seen_classes: set[int] | 
     keep = np.flatnonzero(run.readable)
     images = source.images.take(keep.tolist()) if source.images is not None else None
     for model, per_protocol in run.predictions.items():
-        row: dict[str, float] = {"images": int(len(keep)), "unreadable": int((~run.readable).sum())}
+        row: dict[str, float] = {"images": len(keep), "unreadable": int((~run.readable).sum())}
         if images is not None:
             row.update(benchmark_metrics(images, {p: v[keep] for p, v in per_protocol.items()}, seen_classes))
         for group, value in run.scores.get(model, {}).items():
