@@ -109,3 +109,26 @@ def test_no_stage_lists_code_that_does_not_exist() -> None:
         for dep in stage_deps(definition):
             if dep.startswith(PACKAGES):
                 assert (REPO / dep).exists(), f"dvc.yaml: stage '{stage}' depends on {dep}, which does not exist"
+
+
+def test_lock_file_holds_only_stages_of_the_pipeline() -> None:
+    """A stage removed from dvc.yaml must leave dvc.lock too (DVC keeps stale entries itself)."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        defined = {stage.addressing for stage in repo.index.stages}
+    locked = set(yaml.safe_load((REPO / "dvc.lock").read_text())["stages"])
+    assert not locked - defined, f"dvc.lock: entries of stages that dvc.yaml no longer defines: {sorted(locked - defined)}"
+
+
+def test_committed_outputs_belong_to_a_stage() -> None:
+    """Files in git under metrics/, plots/ and results/ are outputs of some stage (nothing orphaned)."""
+    import subprocess
+
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        outputs = [Path(out.fs_path).relative_to(REPO).as_posix() for stage in repo.index.stages for out in stage.outs]
+    tracked = subprocess.run(["git", "ls-files", "metrics", "plots", "results"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    orphans = [name for name in tracked if name.rsplit("/", 1)[-1] != ".gitignore" and not any(name == out or name.startswith(out + "/") for out in outputs)]
+    assert not orphans, f"files in git that no stage writes: {orphans[:10]}"
