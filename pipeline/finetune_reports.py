@@ -6,8 +6,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.atomic import write_json
 from pipeline.finetuning import FinetuneOutcome
 from pipeline.reporting import write_csv

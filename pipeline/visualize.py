@@ -111,35 +111,44 @@ def overlay_grid(images: np.ndarray, panels: Sequence[tuple[str, np.ndarray]], c
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     count, height, width = images.shape[:3]
     columns = 1 + len(panels)
-    side = max(0.9, min(2.0, zoom * max(height, width) / 64))
-    fig, axes = plt.subplots(count, columns, figsize=(columns * side + 0.9, count * side + 0.35), dpi=100, squeeze=False)
-    shown = None
+    has_maps = any(maps.dtype != bool for _, maps in panels)
+    side, gap = max(0.9, min(2.0, zoom * max(height, width) / 64)), 0.05  # inches
+    left = 0.3 if captions is not None else 0.05
+    right = 1.0 if has_maps else 0.05
+    top, bottom = 0.3, 0.05
+    fig_w, fig_h = left + columns * side + (columns - 1) * gap + right, top + count * side + (count - 1) * gap + bottom
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=100)
     for row in range(count):
         grey = images[row].astype(np.float32).mean(axis=-1) / 255.0
-        axes[row, 0].imshow(images[row], interpolation="nearest")
-        for column, (_, maps) in enumerate(panels, start=1):
-            ax = axes[row, column]
+        y = fig_h - top - (row + 1) * side - row * gap
+        axes = [fig.add_axes(((left + column * (side + gap)) / fig_w, y / fig_h, side / fig_w, side / fig_h)) for column in range(columns)]
+        axes[0].imshow(images[row], interpolation="nearest")
+        for ax, (_, maps) in zip(axes[1:], panels, strict=True):
             if maps.dtype == bool:
                 ax.imshow(mask_overlay(images[row], maps[row]), interpolation="nearest")
                 continue
             relevance = maps[row].astype(np.float32)
             peak = float(np.abs(relevance).max())
             ax.imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            shown = ax.imshow(relevance / peak if peak > 0 else relevance, cmap="bwr", vmin=-1, vmax=1, alpha=0.7, interpolation="nearest")
+            ax.imshow(relevance / peak if peak > 0 else relevance, cmap="bwr", vmin=-1, vmax=1, alpha=0.7, interpolation="nearest")
         if captions is not None:
-            axes[row, 0].set_ylabel(captions[row][:18], fontsize=8)
-    for column, title in enumerate(["image", *(title for title, _ in panels)]):
-        axes[0, column].set_title(title[:22], fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.subplots_adjust(left=0.08 if captions is not None else 0.01, right=0.86, top=1 - 0.3 / (count * side + 0.35), bottom=0.01, wspace=0.04, hspace=0.04)
-    if shown is not None:
-        bar = fig.colorbar(shown, cax=fig.add_axes((0.89, 0.15, 0.025, 0.7)))
-        bar.set_label("relevance / its largest magnitude", fontsize=7)
+            axes[0].set_ylabel(captions[row][:18], fontsize=8)
+        if row == 0:
+            for ax, title in zip(axes, ["image", *(title for title, _ in panels)], strict=True):
+                ax.set_title(title[:22], fontsize=8)
+        for ax in axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if has_maps:
+        bar_height = min(fig_h - top - bottom, 3.0)
+        cax = fig.add_axes(((fig_w - right + 0.15) / fig_w, (fig_h - top - bar_height) / fig_h, 0.15 / fig_w, bar_height / fig_h))
+        bar = fig.colorbar(ScalarMappable(norm=Normalize(-1, 1), cmap="bwr"), cax=cax)
+        bar.set_label("relevance / largest |relevance|\n(red: for the class)", fontsize=7)
         bar.ax.tick_params(labelsize=6)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -54,3 +54,20 @@ def spread_scores(model: torch.nn.Module, scale: float = 0.02) -> None:
     with torch.no_grad():
         model.transformer.decoder.norm.weight.mul_(scale)
         model.transformer.decoder.norm.bias.mul_(scale)
+
+
+def save_tiny_grounded_sam(directory: Path) -> dict[str, Path]:
+    """Weights files of the tiny models as a user keeps them: a GroundingDINO config, its checkpoint
+    and text encoder, and a SAM checkpoint of the TINY_SAM architecture (to stand in for vit_b)."""
+    from pipeline.grounding import build_grounding_dino
+    from pipeline.segmenting import build_sam
+
+    directory.mkdir(parents=True, exist_ok=True)
+    text_encoder = tiny_text_encoder(directory / "bert")
+    config_file = tiny_grounding_config_file(directory / "tiny_dino.py")
+    torch.manual_seed(0)
+    dino = build_grounding_dino(tiny_grounding_config(text_encoder, config=str(config_file)))
+    spread_scores(dino)
+    torch.save({"model": dino.state_dict()}, directory / "dino.pth")
+    torch.save(build_sam(TINY_SAM).state_dict(), directory / "sam_vit_b.pth")
+    return {"text_encoder": text_encoder, "config": config_file, "grounding": directory / "dino.pth", "sam": directory / "sam_vit_b.pth"}

@@ -5,9 +5,9 @@ import timm
 import torch
 from torch import nn
 
-from pipeline.relevance.attnlrp import UnsupportedModelError, attnlrp, attnlrp_rules
-from tests.relevance_checks import assert_alignment_gradients_match_finite_differences, assert_untouched_outside_the_context
+from pipeline.relevance.attnlrp import UnsupportedModelError, attnlrp
 from tests.lrp_reference import explicit_attnlrp
+from tests.relevance_checks import assert_alignment_gradients_match_finite_differences, assert_untouched_outside_the_context
 
 VARIANTS = {
     "vit": {},

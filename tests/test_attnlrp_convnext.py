@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.relevance.attnlrp import CNN_CELL, UnsupportedModelError, attnlrp, attnlrp_rules, relevance_cell
-from tests.relevance_checks import assert_alignment_gradients_match_finite_differences, assert_fine_tuning_steps_move_the_map, assert_untouched_outside_the_context
+from pipeline.relevance.attnlrp import CNN_CELL, UnsupportedModelError, attnlrp, relevance_cell
 from tests.lrp_reference import explicit_convnext_lrp
+from tests.relevance_checks import assert_alignment_gradients_match_finite_differences, assert_fine_tuning_steps_move_the_map, assert_untouched_outside_the_context
 
 TINY = {"num_classes": 5, "depths": (1, 1, 1, 1), "dims": (8, 16, 16, 16)}
 VARIANTS = {

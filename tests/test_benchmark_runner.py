@@ -45,7 +45,7 @@ def array_source(count: int = 12) -> EvalSource:
     return EvalSource("toy", "split", ArrayItems(images, masks), info, True, [str(t[0]) for t in labels])
 
 
-def test_parts_are_saved_and_a_rerun_reuses_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parts_are_saved_and_a_rerun_reuses_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     source, models = array_source(), [tiny_model(0), tiny_model(1)]
     first = run_benchmark(source, models, {0, 1}, config(), tmp_path, "f" * 64, DEVICE, progress=False)
     assert len(list(tmp_path.glob("part-*.npz"))) == 3  # 12 images, parts of 5
@@ -55,6 +55,9 @@ def test_parts_are_saved_and_a_rerun_reuses_them(tmp_path: Path, monkeypatch: py
     (sorted(tmp_path.glob("part-*.npz"))[1]).write_bytes(b"torn")  # an interrupted write
     second = run_benchmark(source, models, {0, 1}, config(), tmp_path, "f" * 64, DEVICE, progress=False)
     assert len(calls) == 1  # only the torn part was recomputed
+    assert "evaluate/toy/m0+m1: resuming after 5 images" in capsys.readouterr().out
+    run_benchmark(source, models, {0, 1}, config(), tmp_path, "f" * 64, DEVICE, progress=False)
+    assert "evaluate/toy/m0+m1: all 12 images already scored" in capsys.readouterr().out
     for model in ("m0", "m1"):
         np.testing.assert_array_equal(first.predictions[model]["standard"], second.predictions[model]["standard"])
     assert run_metrics(source, first, {0, 1}) == run_metrics(source, second, {0, 1})

@@ -132,3 +132,13 @@ def test_committed_outputs_belong_to_a_stage() -> None:
     tracked = subprocess.run(["git", "ls-files", "metrics", "plots", "results"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     orphans = [name for name in tracked if name.rsplit("/", 1)[-1] != ".gitignore" and not any(name == out or name.startswith(out + "/") for out in outputs)]
     assert not orphans, f"files in git that no stage writes: {orphans[:10]}"
+
+
+def test_readme_shows_the_pipeline_as_dvc_draws_it() -> None:
+    import subprocess
+    import sys
+
+    dvc = Path(sys.executable).parent / "dvc"
+    drawn = subprocess.run([str(dvc), "dag", "--md"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    assert drawn.startswith("```mermaid")
+    assert drawn in (REPO / "README.md").read_text(), "README.md: the `dvc dag --md` block differs from `dvc dag --md`; paste its output again"

@@ -61,6 +61,9 @@ def test_repro_runs_every_stage(project: Path) -> None:
     details = json.loads((project / "results" / "base.json").read_text())
     assert "swapped_bg" in details["accuracy"]
     assert sorted(path.name for path in (project / "metrics").iterdir()) == sorted(f"{model}.json" for model in models)
+    shown = run(["dvc", "metrics", "show"], project)
+    rows = [line for line in shown.splitlines() if line.startswith("metrics/")]
+    assert len(rows) == len(models) and max(len(line) for line in shown.splitlines()) <= 120, shown
     assert (project / "models" / "base" / "model.safetensors").is_file()
     assert (project / "dvc.lock").is_file()
 
@@ -137,6 +140,9 @@ def test_outputs_pushed_to_a_remote_pull_into_a_clone_without_recomputing_masks(
     git = ["git", "-c", "user.name=cft tests", "-c", "user.email=tests@cft.invalid"]
     run([*git, "add", "-A"], project)
     run([*git, "commit", "-q", "-m", "pipeline and its outputs"], project)
+    # every column of `dvc exp show` legible: DVC squeezes a table wider than 1024 characters into "…"
+    table = run(["dvc", "exp", "show"], project)
+    assert "metrics/cft.json:ood_acc" in table and "…" not in table, table[:2000]
     run(["dvc", "push"], project)
     assert any(path.is_file() for path in remote.rglob("*"))
 

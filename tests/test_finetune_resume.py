@@ -46,18 +46,24 @@ class Interrupted(Exception):
     pass
 
 
-def interrupt_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
-    """Raise inside the training loop after ``steps`` batches, as a kill would stop it mid-epoch."""
+def count_steps(monkeypatch: pytest.MonkeyPatch, stop_after: int | None = None) -> dict[str, int]:
+    """Count fine-tuning steps (one ``joint_augment`` call each) in the returned ``{"n": ...}``;
+    with ``stop_after``, raise inside the loop after that many, as a kill would stop it mid-epoch."""
     original = finetuning.joint_augment
     calls = {"n": 0}
 
     def counting(*args: object, **kwargs: object) -> object:
         calls["n"] += 1
-        if calls["n"] > steps:
+        if stop_after is not None and calls["n"] > stop_after:
             raise Interrupted
         return original(*args, **kwargs)
 
     monkeypatch.setattr(finetuning, "joint_augment", counting)
+    return calls
+
+
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
+    count_steps(monkeypatch, stop_after=steps)
 
 
 CORRUPTIONS = LabelsObjective(objective="labels", corruptions=["gaussian_noise", "contrast", "pixelate"], severity=5, corrupted_share=0.75)
@@ -82,14 +88,7 @@ def test_interrupted_run_resumes_to_identical_weights(inputs: finetuning.Finetun
 def test_checkpoint_of_another_config_is_not_resumed(inputs: finetuning.FinetuneInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     objective = LabelsObjective(objective="labels")
     finetuning.finetune(config(objective, epochs=2), inputs, tmp_path / "state", progress=False)
-    calls = {"n": 0}
-    original = finetuning.joint_augment
-
-    def counting(*args: object, **kwargs: object) -> object:
-        calls["n"] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(finetuning, "joint_augment", counting)
+    calls = count_steps(monkeypatch)
     finetuning.finetune(config(objective, epochs=2), inputs, tmp_path / "state", progress=False)
     assert calls["n"] == 0  # same run, already complete: nothing is recomputed
     changed = finetuning.finetune(config(objective, epochs=2, lr=5e-4), inputs, tmp_path / "state", progress=False)

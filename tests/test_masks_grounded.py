@@ -309,7 +309,7 @@ def test_cft_masks_with_grounded_sam_from_params(tiny_world: Path, tmp_path: Pat
     from pipeline.segmenting import SAM_ARCHITECTURES
     from pipeline.subset import SUBSET_NAME, select_subset, subset_ids, write_subset
     from stages.cli import app
-    from tests.grounded_models import tiny_grounding_config_file
+    from tests.grounded_models import save_tiny_grounded_sam
 
     manifest = read_manifest(tiny_world / "manifest.parquet")
     subset = select_subset(manifest, SubsetConfig(images_per_class=1, val_images_per_class=1))
@@ -318,14 +318,9 @@ def test_cft_masks_with_grounded_sam_from_params(tiny_world: Path, tmp_path: Pat
     classes = sorted(set(manifest.column("class_name").to_pylist()))
     write_concepts(tmp_path / "concepts", {c: ["head", "wheels"] for c in classes}, {"source": "test"})
 
-    text_encoder = tiny_text_encoder(tmp_path / "bert")
-    config_file = tiny_grounding_config_file(tmp_path / "tiny_dino.py")
-    torch.manual_seed(0)
-    dino = build_grounding_dino(tiny_grounding_config(text_encoder, config=str(config_file)))
-    spread_scores(dino)
-    torch.save({"model": dino.state_dict()}, tmp_path / "dino.pth")
+    files = save_tiny_grounded_sam(tmp_path)
+    text_encoder, config_file = files["text_encoder"], files["config"]
     monkeypatch.setitem(SAM_ARCHITECTURES, "vit_b", TINY_SAM)
-    torch.save(build_sam(SAM_ARCHITECTURES["vit_b"]).state_dict(), tmp_path / "sam_vit_b.pth")
     params = {
         "masks": {
             "backend": "grounded_sam",

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
+from tests.grounded_models import save_tiny_grounded_sam
 from tests.test_dvc_pipeline import REPO, copy_repository
 
 pytestmark = pytest.mark.slow
@@ -56,21 +56,6 @@ def write_images(root: Path, per_class: int, rng: np.random.Generator, shift: bo
             Image.fromarray(image).save(folder / f"{name}_{index}.png")
 
 
-def write_weights(weights: Path) -> None:
-    """Tiny random-weight GroundingDINO (config, checkpoint, text encoder) and SAM, where users keep weights."""
-    from pipeline.grounding import build_grounding_dino
-    from pipeline.segmenting import build_sam
-    from tests.grounded_models import TINY_SAM, spread_scores, tiny_grounding_config, tiny_grounding_config_file, tiny_text_encoder
-
-    text_encoder = tiny_text_encoder(weights / "bert")
-    config_file = tiny_grounding_config_file(weights / "tiny_dino.py")
-    torch.manual_seed(0)
-    dino = build_grounding_dino(tiny_grounding_config(text_encoder, config=str(config_file)))
-    spread_scores(dino)
-    torch.save({"model": dino.state_dict()}, weights / "dino.pth")
-    torch.save(build_sam(TINY_SAM).state_dict(), weights / "sam_vit_b.pth")
-
-
 @pytest.fixture(scope="module")
 def own_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("own")
@@ -79,7 +64,7 @@ def own_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_images(root / "photos/train", 8, rng)
     write_images(root / "photos/test", 4, rng)
     write_images(root / "photos/shifted", 4, rng, shift=True)
-    write_weights(root / "data/weights")
+    save_tiny_grounded_sam(root / "data/weights")  # where users keep weights: already a dependency of masks
     (root / "inputs").mkdir()
     (root / "inputs/concepts.yaml").write_text(yaml.safe_dump({name: ["head", "body"] for name in CLASSES}))
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -140,7 +125,9 @@ def test_own_data_runs_end_to_end_under_dvc_repro(own_project: Path) -> None:
 
     # Declared as the message says, the whole pipeline runs through the report.
     pipeline = (own_project / "dvc.yaml").read_text()
-    pipeline = pipeline.replace("    cmd: cft concepts --params params.yaml --data data/prepared --out data/concepts\n    deps:\n", "    cmd: cft concepts --params params.yaml --data data/prepared --out data/concepts\n    deps:\n      - inputs/concepts.yaml\n")
+    stage = "    cmd: cft concepts --params params.yaml --data data/prepared --out data/concepts\n    deps:\n"
+    assert stage in pipeline
+    pipeline = pipeline.replace(stage, stage + "      - inputs/concepts.yaml\n")
     (own_project / "dvc.yaml").write_text(pipeline)
     started = time.monotonic()
     output = dvc(["repro"], own_project).stdout

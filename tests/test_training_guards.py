@@ -28,6 +28,7 @@ from pipeline.reporting import base_metrics
 from pipeline.subset import select_subset, subset_ids, write_subset
 from pipeline.training import TrainingError, chance_test
 from stages.cli import app
+from tests.test_finetune_resume import count_steps
 from tests.test_stages import TINY_BASE
 
 runner = CliRunner()
@@ -115,14 +116,7 @@ def test_finetune_stops_at_once_on_a_loss_that_is_not_finite(inputs: finetuning.
         monkeypatch.setattr(finetuning, "relevance_loss", lambda *args: (nan_loss(original(*args)[0]), {}))
     else:
         monkeypatch.setattr(finetuning, "F", SimpleNamespace(cross_entropy=lambda logits, y: nan_loss(torch.nn.functional.cross_entropy(logits, y))))
-    steps = {"n": 0}
-    original_augment = finetuning.joint_augment
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        steps["n"] += 1
-        return original_augment(*args, **kwargs)
-
-    monkeypatch.setattr(finetuning, "joint_augment", counting)
+    steps = count_steps(monkeypatch)
     run = FinetuneConfig(method="test", train=TrainSchedule(epochs=2, batch_size=4, lr=1e-3, overlay_images=0, device="cpu"), objective=objective)
     with pytest.raises(TrainingError, match=r"^finetune/test: epoch 1, step 1 of 3: the loss is not finite \(nan\); the training diverged: lower finetune\.train\.lr \(now 0\.001\)$"):
         finetuning.finetune(run, inputs, tmp_path / "state", progress=False)
@@ -161,14 +155,7 @@ def test_finetune_cli_at_chance_exits_2_unless_allowed(inputs: finetuning.Finetu
     assert "lower finetune.train.lr (now 1), or set finetune.train.allow_chance: true to keep it" in errors[0]
     assert not (tmp_path / "model").exists() and not (tmp_path / "metrics.json").exists()
 
-    steps = {"n": 0}
-    original = finetuning.joint_augment
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        steps["n"] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(finetuning, "joint_augment", counting)
+    steps = count_steps(monkeypatch)
     result = finetune_cli(inputs, tmp_path, "plain", params(tmp_path / "params.yaml", lr=1.0, allow_chance=True))
     assert result.exit_code == 0, result.output
     assert steps["n"] == 0  # allow_chance does not change the run: the finished checkpoint is reused
