@@ -25,4 +25,4 @@ def write_finetune_reports(outcome: FinetuneOutcome, metrics_path: str | Path, p
     overlay = outcome.overlay
     if len(overlay["images"]):
         panels = [("training mask", overlay["masks"]), ("relevance before", overlay["before"]), (f"after (epoch {outcome.best_epoch})", overlay["after"])]
-        save_png(overlay_grid(overlay["images"], panels), plots_dir / "relevance.png")
+        save_png(overlay_grid(overlay["images"], panels, overlay.get("captions")), plots_dir / "relevance.png")

@@ -57,7 +57,7 @@ class FinetuneOutcome:
     spec: dict[str, Any]
     curves: list[dict[str, Any]]
     best_epoch: int
-    overlay: dict[str, np.ndarray]  # images, masks, relevance before and after, for the picture
+    overlay: dict[str, Any]  # images, masks, relevance before and after, class names: for the picture
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -144,7 +144,7 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
     generator = seed_everything(train.seed)
 
     shown = overlay_indices(data.labels, train.overlay_images)
-    overlay = {"images": data.images[shown], "masks": masks[shown]}
+    overlay = {"images": data.images[shown], "masks": masks[shown], "captions": [spec["class_names"][int(label)] for label in data.labels[shown]]}
     overlay["before"] = relevance_maps(model, normalizer, data.images[shown], data.labels[shown], device, train.eval_batch_size)
     mask_tensor = torch.from_numpy(masks)
     monitor_masks = torch.from_numpy(whole_objects if whole_objects is not None else masks)
