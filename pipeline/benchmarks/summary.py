@@ -106,18 +106,22 @@ def write_summary(per_benchmark: dict[str, dict[str, Any]], summary: dict[str, d
         values = {name: per for name, per in values.items() if per}
         if values:
             grouped_bar_chart(values, label, plots_dir / f"{metric}.png", ylabel=metric)
-    for name, per in results.items():
-        _relevance_picture(results_dir / name, list(per), plots_dir / f"relevance_{name}.png")
-        _factor_picture(results_dir / name, list(per), name, plots_dir / f"factors_{name}.png")
+    for name, result in per_benchmark.items():
+        _relevance_picture(results_dir / name, list(result["models"]), plots_dir / f"relevance_{name}.png")
+        if result["benchmark"].get("kind") == "si_score":
+            _factor_picture(result["models"], name, plots_dir / f"factors_{name}.png")
 
 
 def _relevance_picture(benchmark_dir: Path, models: list[str], path: Path) -> None:
     """Each model's relevance maps side by side over the same images and their object masks."""
-    saved = {model: benchmark_dir / model / OVERLAY_NAME for model in models}
-    saved = {model: file for model, file in saved.items() if file.is_file()}
-    if not saved:
+    loaded: dict[str, dict[str, np.ndarray]] = {}
+    for model in models:
+        file = benchmark_dir / model / OVERLAY_NAME
+        if file.is_file():
+            with np.load(file) as saved:
+                loaded[model] = {key: saved[key] for key in saved.files}
+    if not loaded:
         return
-    loaded = {model: np.load(file) for model, file in saved.items()}
     first = next(iter(loaded.values()))
     images, masks, captions = first["images"], first["masks"], [str(c) for c in first["captions"]]
     panels: list[tuple[str, np.ndarray]] = [("object", masks)]
@@ -125,15 +129,11 @@ def _relevance_picture(benchmark_dir: Path, models: list[str], path: Path) -> No
     save_png(overlay_grid(images, panels, captions), path)
 
 
-def _factor_picture(benchmark_dir: Path, models: list[str], name: str, path: Path) -> None:
-    """SI-Score: accuracy per factor, models side by side."""
+def _factor_picture(scores: dict[str, dict[str, Any]], name: str, path: Path) -> None:
+    """SI-Score: accuracy per factor (the accuracy_<factor> scores), models side by side."""
     by_factor: dict[str, dict[str, float]] = {}
-    for model in models:
-        file = benchmark_dir / model / SCORES_NAME
-        if not (benchmark_dir / model / FACTORS_NAME).is_file():
-            continue
-        scores = json.loads(file.read_text())["scores"]
-        for key, value in scores.items():
+    for model, row in scores.items():
+        for key, value in row.items():
             if key.startswith("accuracy_") and key.split("_", 1)[1] not in ("seen", "unseen") and value is not None:
                 by_factor.setdefault(key.split("_", 1)[1], {})[model] = value
     if by_factor:
