@@ -46,7 +46,7 @@ def _evaluate(name: str, config: EvaluateConfig, model_dirs: dict[str, Path], da
     from pipeline.benchmarks.reports import benchmark_info, write_model_results, write_overlay_arrays
     from pipeline.benchmarks.runner import ModelUnderTest, relevance_support, run_benchmark, run_fingerprint, run_metrics
     from pipeline.benchmarks.sources import open_source
-    from pipeline.benchmarks.summary import OVERLAY_NAME
+    from pipeline.benchmarks.files import OVERLAY_NAME
     from pipeline.manifest import read_manifest
     from pipeline.models import load_model_artifact
     from pipeline.preprocess import InputTransform

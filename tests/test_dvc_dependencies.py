@@ -142,3 +142,10 @@ def test_readme_shows_the_pipeline_as_dvc_draws_it() -> None:
     drawn = subprocess.run([str(dvc), "dag", "--md"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     assert drawn.startswith("```mermaid")
     assert drawn in (REPO / "README.md").read_text(), "README.md: the `dvc dag --md` block differs from `dvc dag --md`; paste its output again"
+
+
+def test_evaluations_do_not_depend_on_how_the_report_draws() -> None:
+    """A change to the report's code reruns `report` alone, never the (expensive) evaluations."""
+    evaluate = stages()["evaluate"]
+    assert not covered(Path("pipeline/benchmarks/summary.py"), stage_deps(evaluate))
+    assert "pipeline/benchmarks/summary.py" not in {path.as_posix() for path in import_closure(command_module(evaluate))}

@@ -21,7 +21,7 @@ from pipeline.atomic import write_json, write_with
 from pipeline.benchmarks.protocols import factor_breakdown, protocols_for
 from pipeline.benchmarks.runner import BenchmarkRun, ModelUnderTest
 from pipeline.benchmarks.sources import EvalSource
-from pipeline.benchmarks.summary import FACTORS_NAME, PREDICTIONS_NAME, SCORES_NAME
+from pipeline.benchmarks.files import FACTORS_NAME, PREDICTIONS_NAME, SCORES_NAME
 from pipeline.relevance.maps import relevance_batch
 from pipeline.reporting import write_csv
 

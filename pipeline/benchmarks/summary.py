@@ -1,7 +1,7 @@
 """What `cft report` reads and writes: every (benchmark, model) result side by side.
 
 It reads the folders `cft evaluate` leaves (``results/evaluate/<benchmark>/<model>/``, see
-reports.py) and writes the compact summary that DVC declares as metrics (``metrics/<model>.json``:
+files.py) and writes the compact summary that DVC declares as metrics (``metrics/<model>.json``:
 a handful of numbers per model, so ``dvc metrics show`` prints one short row per model), the full
 per-benchmark table (``plots/summary/metrics.csv``) and the pictures.
 """
@@ -15,13 +15,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import write_json
+from pipeline.benchmarks.files import OVERLAY_NAME, SCORES_NAME
 from pipeline.reporting import write_csv
 from pipeline.visualize import grouped_bar_chart, overlay_grid, save_png
-
-PREDICTIONS_NAME = "predictions.parquet"
-SCORES_NAME = "scores.json"
-OVERLAY_NAME = "overlay.npz"
-FACTORS_NAME = "factors.csv"
 MEAN_KEYS = ("accuracy", "accuracy_seen", "accuracy_unseen", "miou", "miou_seen", "miou_unseen", "background_share")
 # The DVC metrics of one model (short names: `dvc metrics show` prints them as columns).
 COMPACT_KEYS = {
