@@ -283,20 +283,21 @@ class RelevanceObjective(StrictConfig):
     """Concept-guided fine-tuning: push the AttnLRP map of the true class into the masks.
 
     ``L = w_rel·(w_bg·D(R⊙(1−M), 0) + w_fg·D(R⊙M, M)) + w_cls·CE(z/T, argmax z)`` with D = BCE
-    (CFT) or MSE (RobustViT). Unset weights take the chosen loss's reference values.
+    (CFT) or MSE (RobustViT); ``energy`` (Model Guidance) replaces both terms by the share of
+    positive relevance outside M. Unset weights take the chosen loss's reference values.
     """
 
     objective: Literal["relevance"]
     masks: Literal["concepts", "object"] = Field("concepts", description="concepts: union of concept masks; object: the whole object (fg/bg baseline)")
-    loss: Literal["bce", "mse"] = "bce"
+    loss: Literal["bce", "mse", "energy"] = "bce"
     relevance_weight: float = Field(0.8, ge=0.0)
-    background_weight: float | None = Field(None, ge=0.0, description="null: 1.2 for bce, 2.0 for mse")
-    foreground_weight: float | None = Field(None, ge=0.0, description="null: 0.5 for bce, 0.3 for mse")
+    background_weight: float | None = Field(None, ge=0.0, description="null: 1.2 for bce, 2.0 for mse, 1.0 for energy")
+    foreground_weight: float | None = Field(None, ge=0.0, description="null: 0.5 for bce, 0.3 for mse, 0 for energy (it has no foreground term)")
     classification_weight: float = Field(0.2, ge=0.0)
     temperature: float = Field(1.0, gt=0.0)
 
     def weights(self) -> tuple[float, float]:
-        reference = {"bce": (1.2, 0.5), "mse": (2.0, 0.3)}[self.loss]
+        reference = {"bce": (1.2, 0.5), "mse": (2.0, 0.3), "energy": (1.0, 0.0)}[self.loss]
         background = reference[0] if self.background_weight is None else self.background_weight
         foreground = reference[1] if self.foreground_weight is None else self.foreground_weight
         return background, foreground

@@ -6,6 +6,10 @@ maximum so it lies in [0, 1]; ``M`` is the mask (union of concept masks, or the 
 * ``bce`` (CFT): ``w_bg·BCE(R⊙(1−M), 0) + w_fg·BCE(R⊙M, M)``: relevance off the mask is pushed
   to 0, relevance on the mask towards 1.
 * ``mse`` (RobustViT): the same with mean squared errors.
+* ``energy`` (Model Guidance, Rao et al. 2023): the share of positive relevance outside ``M``,
+  ``Σ R⊙(1−M) / Σ R`` per image, averaged; no foreground term. A share does not change when a map
+  is scaled, so the per-image maximum cancels out of it and of its gradient: lowering it can only
+  move relevance from outside the mask to inside, never raise an off-mask peak through the divisor.
 
 The alignment is weighted by ``w_rel`` and added to ``w_cls·CE(z/T, argmax z)``, a cross-entropy
 towards the model's own current predictions that keeps it from drifting (the labels are not used).
@@ -40,7 +44,9 @@ def alignment_terms(relevance: torch.Tensor, masks: torch.Tensor, loss: str) -> 
         return F.binary_cross_entropy(off_mask, torch.zeros_like(off_mask)), F.binary_cross_entropy(on_mask, masks)
     if loss == "mse":
         return F.mse_loss(off_mask, torch.zeros_like(off_mask)), F.mse_loss(on_mask, masks)
-    raise ValueError(f"unknown alignment loss {loss!r} (bce or mse)")
+    if loss == "energy":
+        return background_share(relevance, masks).mean(), relevance.new_zeros(())
+    raise ValueError(f"unknown alignment loss {loss!r} (bce, mse or energy)")
 
 
 def self_label_cross_entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:

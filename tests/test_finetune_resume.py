@@ -69,7 +69,10 @@ def interrupt_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
 CORRUPTIONS = LabelsObjective(objective="labels", corruptions=["gaussian_noise", "contrast", "pixelate"], severity=5, corrupted_share=0.75)
 
 
-@pytest.mark.parametrize("objective", [RelevanceObjective(objective="relevance"), LabelsObjective(objective="labels"), CORRUPTIONS], ids=["cft", "plain", "corruptions"])
+ENERGY = RelevanceObjective(objective="relevance", loss="energy")
+
+
+@pytest.mark.parametrize("objective", [RelevanceObjective(objective="relevance"), ENERGY, LabelsObjective(objective="labels"), CORRUPTIONS], ids=["cft", "energy", "plain", "corruptions"])
 def test_interrupted_run_resumes_to_identical_weights(inputs: finetuning.FinetuneInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, objective: RelevanceObjective | LabelsObjective) -> None:
     run = config(objective)
     reference = finetuning.finetune(run, inputs, tmp_path / "uninterrupted", progress=False)
