@@ -9,6 +9,7 @@ params, or of the pipeline's code, stops the script (``stamp.json`` in each seed
 both): use a new ``--work`` folder then.
 
     python benchmarks/seeds.py --seeds 0 1 2 --work /tmp/cft-seeds    # prints a markdown table
+    python benchmarks/seeds.py --seeds 0 1 2 --methods --work /tmp/cft-base   # the base model alone
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ def check_reusable(root: Path, params: dict[str, Any]) -> None:
     stamp_path.write_text(json.dumps(stamp, indent=1, sort_keys=True))
 
 
-def run_seed(seed: int, params_file: Path, work: Path) -> dict[str, Any]:
+def run_seed(seed: int, params_file: Path, work: Path, methods: list[str] | None = None) -> dict[str, Any]:
     root = work / f"seed{seed}"
     root.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load(params_file.read_text())
+    if methods is not None:
+        params["finetune"]["methods"] = methods
     params["data"]["seed"] = seed
     params["data"].setdefault("subset", {})["seed"] = seed
     params["base"]["seed"] = seed
@@ -64,8 +67,10 @@ def run_seed(seed: int, params_file: Path, work: Path) -> dict[str, Any]:
     data, subset = str(root / "data/prepared"), str(root / "data/subset")
     cft("prepare", "--out", data, "--subset", subset, "--metrics", str(root / "results/prepare.json"), unless=subset)
     cft("base", "--data", data, "--out", str(root / "models/base"), "--metrics", str(root / "results/base.json"), "--plots", str(root / "plots/base"), unless=str(root / "models/base"))
-    cft("concepts", "--data", data, "--out", str(root / "data/concepts"), unless=str(root / "data/concepts"))
-    cft("masks", "--data", data, "--subset", subset, "--concepts", str(root / "data/concepts"), "--out", str(root / "data/masks"), "--sheet", str(root / "plots/masks.png"), unless=str(root / "data/masks"))
+    if params["finetune"]["methods"]:  # the base model alone needs neither concepts nor masks
+        cft("concepts", "--data", data, "--out", str(root / "data/concepts"), unless=str(root / "data/concepts"))
+        masks = str(root / "data/masks")
+        cft("masks", "--data", data, "--subset", subset, "--concepts", str(root / "data/concepts"), "--out", masks, "--sheet", str(root / "plots/masks.png"), unless=masks)
     for method in params["finetune"]["methods"]:
         cft(
             "finetune", method, "--base", str(root / "models/base"), "--data", data, "--subset", subset, "--masks", str(root / "data/masks"),
@@ -78,18 +83,19 @@ def run_seed(seed: int, params_file: Path, work: Path) -> dict[str, Any]:
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     benchmarks = list(params["evaluate"]["benchmarks"])
     for benchmark in benchmarks:
-        # one model per call, as `dvc repro` runs them: a model added later is evaluated alone
-        for model in models:
+        # the models not yet scored, in one call: they share each decoded batch and one process
+        # start-up, and score as they would alone (tests/test_stages.py); a model added later runs alone
+        missing = [model for model in models if not (root / "results/evaluate" / benchmark / model).exists()]
+        if missing:
             cft(
-                "evaluate", benchmark, model, "--models", str(root / "models"), "--data", data, "--subset", subset,
+                "evaluate", benchmark, *missing, "--models", str(root / "models"), "--data", data, "--subset", subset,
                 "--out", str(root / "results/evaluate" / benchmark), "--work", str(root / "checkpoints/evaluate" / benchmark),
-                unless=str(root / "results/evaluate" / benchmark / model),
             )
     cft("report", "--results", str(root / "results/evaluate"), "--metrics", str(root / "metrics"), "--plots", str(root / "plots/summary"))
-    from pipeline.benchmarks.summary import read_results, summarise
+    from pipeline.benchmarks.summary import read_results
 
     per_benchmark = read_results(root / "results/evaluate", benchmarks, models)
-    summary = summarise(per_benchmark, params["evaluate"].get("in_distribution", "test"))
+    summary = {model: json.loads((root / "metrics" / f"{model}.json").read_text()) for model in models}
     return {"benchmarks": {name: result["models"] for name, result in per_benchmark.items()}, "summary": summary}
 
 
@@ -120,8 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/cft-seeds"))
+    parser.add_argument("--methods", nargs="*", default=None, help="fine-tuning methods (default: the params' finetune.methods); none: the base model alone")
     args = parser.parse_args(argv)
-    results = [run_seed(seed, args.params.resolve(), args.work.resolve()) for seed in args.seeds]
+    results = [run_seed(seed, args.params.resolve(), args.work.resolve(), args.methods) for seed in args.seeds]
     print(f"seeds {args.seeds}; cells are mean ± half the range over seeds")
     print(table(results))
 

@@ -23,6 +23,8 @@ WORLD_SPLITS = (
     "sketch",
     "pose_sweep",
     "scene",
+    "cue_removed",
+    "cue_swapped",
 )
 
 
@@ -41,6 +43,8 @@ class WorldConfig(StrictConfig):
     classes: list[str] | None = Field(None, description="subset of the world's classes; all when null")
     spurious_p: float = Field(0.95, ge=0.0, le=1.0, description="P(background style = the class's own) in biased splits")
     hue_jitter: float = Field(0.06, ge=0.0, le=0.5, description="per-image jitter of the class-typical part hues")
+    cue_size: float = Field(0.16, ge=0.0, le=0.4, description="side of the class-coloured square cue on the object, as a share of the image side; 0 = no cue")
+    cue_p: float | None = Field(None, ge=0.0, le=1.0, description="P(the cue is the class's own) in biased splits; null = spurious_p")
     supersample: int = Field(3, ge=1, le=8, description="anti-aliasing: sub-pixels per pixel side")
     split_sizes: dict[str, int] = Field(
         default_factory=lambda: {
@@ -54,8 +58,14 @@ class WorldConfig(StrictConfig):
             "sketch": 1000,
             "pose_sweep": 1000,
             "scene": 1000,
+            "cue_removed": 1000,
+            "cue_swapped": 1000,
         }
     )
+
+    @property
+    def cue_probability(self) -> float:
+        return self.spurious_p if self.cue_p is None else self.cue_p
 
     @model_validator(mode="after")
     def _check_splits(self) -> WorldConfig:
@@ -68,6 +78,9 @@ class WorldConfig(StrictConfig):
         negative = [name for name, size in self.split_sizes.items() if size < 0]
         if negative:
             raise ValueError(f"split sizes must be >= 0: {negative}")
+        cue_splits = [name for name in ("cue_removed", "cue_swapped") if self.split_sizes.get(name, 0) > 0]
+        if cue_splits and self.cue_size == 0:
+            raise ValueError(f"split(s) {cue_splits} need the cue: set cue_size > 0, or their sizes to 0")
         return self
 
 
@@ -224,6 +237,15 @@ class GroundedSamConfig(StrictConfig):
     images_per_part: int = Field(64, ge=1, description="resume granularity: results are saved after every this many images")
 
 
+class AnnotatedMasksConfig(StrictConfig):
+    """``masks.annotated``: degrade the data's exact part masks the way Grounded-SAM errs on real
+    images (missed small parts, masks leaking into their box, jittered boundaries; see
+    :mod:`pipeline.mask_noise`), to measure the method under realistic masks."""
+
+    noise: float = Field(0.0, ge=0.0, le=1.0, description="0 = the exact masks; 1 = every found mask is its enlarged box, and the most parts missed")
+    seed: int = Field(0, ge=0, description="noise draws are deterministic in (seed, image id, concept)")
+
+
 class MasksConfig(StrictConfig):
     """``masks`` section: one mask per (fine-tuning image, concept of its class)."""
 
@@ -238,9 +260,12 @@ class MasksConfig(StrictConfig):
     )
     object_prompt: str = Field("{class}", description="prompt for the whole object, {class} = the readable class name")
     grounded_sam: GroundedSamConfig = Field(default_factory=GroundedSamConfig)
+    annotated: AnnotatedMasksConfig = Field(default_factory=AnnotatedMasksConfig, description="backend annotated: simulated Grounded-SAM errors")
 
     @model_validator(mode="after")
     def _grounded_sam_needs_checkpoints(self) -> MasksConfig:
+        if self.backend == "grounded_sam" and self.annotated.noise > 0:
+            raise ValueError("annotated.noise simulates Grounded-SAM's errors on the annotated backend's exact masks; backend grounded_sam makes real ones: set it to 0")
         if self.backend == "grounded_sam":
             missing = [f"grounded_sam.{name}.checkpoint" for name, part in (("grounding", self.grounded_sam.grounding), ("sam", self.grounded_sam.sam)) if part.checkpoint is None]
             if missing:
@@ -285,6 +310,9 @@ class RelevanceObjective(StrictConfig):
     ``L = w_rel·(w_bg·D(R⊙(1−M), 0) + w_fg·D(R⊙M, M)) + w_cls·CE(z/T, argmax z)`` with D = BCE
     (CFT) or MSE (RobustViT); ``energy`` (Model Guidance) replaces both terms by the share of
     positive relevance outside M. Unset weights take the chosen loss's reference values.
+
+    The defaults are the paper's objective. ``normalisation``, ``anchor`` and the competitor
+    penalty are options against its measured flaws (:mod:`pipeline.objective` says why each exists).
     """
 
     objective: Literal["relevance"]
@@ -295,6 +323,29 @@ class RelevanceObjective(StrictConfig):
     foreground_weight: float | None = Field(None, ge=0.0, description="null: 0.5 for bce, 0.3 for mse, 0 for energy (it has no foreground term)")
     classification_weight: float = Field(0.2, ge=0.0)
     temperature: float = Field(1.0, gt=0.0)
+    normalisation: Literal["max", "detached_max"] = Field(
+        "max",
+        description="max: R+ / max R+ (the paper's; the peak is frozen at 1 and the divisor carries gradient); "
+        "detached_max: R+ / (max R+ · 1.1) with the max held constant (no effect on energy)",
+    )
+    anchor: Literal["self_label", "labels", "kl_base"] = Field(
+        "self_label",
+        description="the classification term: self_label: CE(z/T, argmax z) (the paper's); labels: CE(z/T, y); "
+        "kl_base: KL(p_base || p_model) at temperature T, p_base from the frozen base model on the same batch",
+    )
+    competitor_weight: float = Field(0.0, ge=0.0, description="weight of the penalty on positive relevance off the mask of the top competing classes; 0: off (no extra AttnLRP pass)")
+    competitors: int = Field(1, ge=1, description="how many competing classes per image (the highest logits other than the true class) the penalty covers")
+    relevance: Literal["attnlrp", "rollout"] = Field(
+        "attnlrp",
+        description="the map the loss shapes: attnlrp (the paper's text) or rollout, the gradient-weighted attention rollout "
+        "of the published code (Chefer et al.; min-max normalised, ViTs only)",
+    )
+
+    @model_validator(mode="after")
+    def _competitors_need_attnlrp(self) -> RelevanceObjective:
+        if self.relevance == "rollout" and self.competitor_weight > 0:
+            raise ValueError("competitor_weight needs relevance: attnlrp (the competitor maps are AttnLRP maps)")
+        return self
 
     def weights(self) -> tuple[float, float]:
         reference = {"bce": (1.2, 0.5), "mse": (2.0, 0.3), "energy": (1.0, 0.0)}[self.loss]
@@ -317,7 +368,23 @@ class LabelsObjective(StrictConfig):
     corrupted_share: float = Field(0.5, gt=0.0, le=1.0, description="probability that a training image is corrupted")
 
 
-MethodConfig = Annotated[RelevanceObjective | LabelsObjective, Field(discriminator="objective")]
+class RrrObjective(StrictConfig):
+    """Right for the Right Reasons (Ross et al. 2017), a peer: cross-entropy on the labels plus
+    ``penalty_weight`` × the squared input gradient of the summed log-probabilities outside the
+    masks (:mod:`pipeline.rrr`). Needs no relevance method."""
+
+    objective: Literal["rrr"]
+    masks: Literal["concepts", "object"] = Field("concepts", description="the region the input gradient may use: concept masks, or the whole object")
+    penalty_weight: float | None = Field(
+        None,
+        ge=0.0,
+        description="λ of the input-gradient penalty; null: Ross et al.'s rule, both terms of one size: λ = CE / penalty of the base model on the fine-tuning images",
+    )
+
+
+MethodConfig = Annotated[RelevanceObjective | LabelsObjective | RrrObjective, Field(discriminator="objective")]
+# Objectives that read masks (relevance alignment and RRR), as opposed to label-only fine-tuning.
+MASKED_OBJECTIVES = (RelevanceObjective, RrrObjective)
 
 
 class FinetuneConfig(StrictConfig):
@@ -329,7 +396,7 @@ class FinetuneConfig(StrictConfig):
 
 
 BENCHMARK_KINDS = ("split", "imagefolder", "imagenet_v2", "imagenet_a", "imagenet_r", "objectnet", "si_score", "imagenet_segmentation")
-WORLD_BENCHMARKS = ("test", "random_bg", "swapped_bg", "rendition", "sketch", "pose_sweep", "scene")
+WORLD_BENCHMARKS = ("test", "random_bg", "swapped_bg", "rendition", "sketch", "pose_sweep", "scene", "cue_removed", "cue_swapped")
 
 
 class BenchmarkConfig(StrictConfig):
@@ -341,6 +408,7 @@ class BenchmarkConfig(StrictConfig):
     path: str | None = Field(None, description="the benchmark's folder (gtsegs_ijcv.mat for imagenet_segmentation)")
     split: str | None = Field(None, description="kind split: the manifest split; null = the benchmark's name")
     limit: int | None = Field(None, ge=1, description="evaluate this many images, spread evenly over the benchmark (a quick look)")
+    ood_mean: bool = Field(True, description="count it in the out-of-distribution means; false: reported apart (e.g. a benchmark every model fails)")
 
     @model_validator(mode="after")
     def _path_for_datasets(self) -> BenchmarkConfig:
@@ -368,6 +436,10 @@ class EvaluateConfig(StrictConfig):
     relevance: bool = Field(True, description="also measure relevance against object masks where a benchmark has them")
     relevance_target: Literal["predicted", "label"] = Field("predicted", description="class whose relevance is measured (predicted: the segmentation protocol)")
     in_distribution: str | None = Field("test", description="benchmark whose accuracy on unseen classes measures forgetting; the others are out of distribution")
+    shortcut_tests: dict[str, str] = Field(
+        default_factory=dict,
+        description="name -> benchmark that takes one shortcut away (e.g. cue: cue_swapped); the metrics get <name>_drop = in-distribution accuracy minus its accuracy",
+    )
     batch_size: int = Field(256, ge=1)
     relevance_batch_size: int = Field(64, ge=1, description="relevance passes cost ~8 forward passes; small batches are faster on CPU")
     relevance_images: int | None = Field(500, ge=1, description="relevance metrics on the first N images of each benchmark; null = all")
@@ -380,6 +452,11 @@ class EvaluateConfig(StrictConfig):
     def _known_in_distribution(self) -> EvaluateConfig:
         if self.in_distribution is not None and self.in_distribution not in self.benchmarks:
             raise ValueError(f"in_distribution {self.in_distribution!r} is not one of the benchmarks {sorted(self.benchmarks)}")
+        unknown = {name: benchmark for name, benchmark in self.shortcut_tests.items() if benchmark not in self.benchmarks}
+        if unknown:
+            raise ValueError(f"shortcut_tests {unknown} name benchmark(s) not in the benchmarks {sorted(self.benchmarks)}: list only evaluated benchmarks (or none: {{}})")
+        if self.shortcut_tests and self.in_distribution is None:
+            raise ValueError("shortcut_tests compare with the in-distribution accuracy: set in_distribution")
         if self.models is not None and len(set(self.models)) != len(self.models):
             raise ValueError(f"models lists a model twice: {self.models}")
         return self

@@ -78,9 +78,20 @@ def load_split(manifest_path: str | Path, split: str, table: pa.Table | None = N
     )
 
 
+# The part-label value of a cue (the world's sticker): inside the object's outline, none of its parts.
+CUE_LABEL = 255
+
+
 def object_masks(manifest_dir: Path, rows: pa.Table) -> np.ndarray:
     """(N, H, W) bool whole-object masks of part-annotated sources (StoreError when there are none)."""
     return read_arrays(manifest_dir, rows, "part_labels") > 0
+
+
+def object_and_cue_masks(manifest_dir: Path, rows: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:
+    """Whole-object masks (cue included) and cue masks, (N, H, W) bool; cue masks None when no image has a cue."""
+    labels = read_arrays(manifest_dir, rows, "part_labels")
+    cues = labels == CUE_LABEL
+    return labels > 0, cues if cues.any() else None
 
 
 def rows_by_id(table: pa.Table, image_ids: list[str], name: str = "manifest") -> pa.Table:

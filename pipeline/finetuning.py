@@ -1,5 +1,6 @@
-"""Fine-tuning the base model on the subset: concept-guided (relevance) or on the labels (plain,
-or on a share of corrupted images: the corruption baseline).
+"""Fine-tuning the base model on the subset: concept-guided (relevance), Right for the Right
+Reasons (input gradients), or on the labels (plain, or on a share of corrupted images: the
+corruption baseline).
 
 Both methods share the schedule (``finetune.train``): same images, augmentation, optimiser
 (AdamW), step decay and epoch selection, so they differ only in the objective. After every epoch
@@ -28,17 +29,19 @@ from tqdm import tqdm
 
 from pipeline.array_store import StoreError
 from pipeline.checkpoint import fingerprint, load_state, save_state, source_digest
-from pipeline.config import FinetuneConfig, LabelsObjective, RelevanceObjective
+from pipeline.config import MASKED_OBJECTIVES, FinetuneConfig, LabelsObjective, RelevanceObjective, RrrObjective
 from pipeline.corruptions import corrupt_batch
 from pipeline.datasets import ArraySplit, has_image_files, load_images, object_masks, rows_by_id
 from pipeline.manifest import read_manifest
 from pipeline.mask_store import MaskStore
 from pipeline.masks_annotated import resize_masks
 from pipeline.models import load_model_artifact
-from pipeline.objective import background_share, relevance_loss
+from pipeline.objective import background_share, competitor_relevance, relevance_loss
 from pipeline.preprocess import InputTransform
 from pipeline.relevance.attnlrp import attnlrp
 from pipeline.relevance.maps import relevance_maps
+from pipeline.relevance.rollout import rollout
+from pipeline.rrr import calibrated_weight, log_probability_input_gradient, rrr_objective
 from pipeline.subset import read_subset, subset_ids
 from pipeline.training import Normalizer, TrainingError, accuracy, autocast, chance_test, ensure_finite, joint_augment, resolve_device, seed_everything, shuffled_batches
 
@@ -65,7 +68,7 @@ def _training_masks(config: FinetuneConfig, inputs: FinetuneInputs, data: ArrayS
     """(N, H, W) bool at image size: the masks relevance is pulled into (all-ones for plain runs)."""
     size = data.images.shape[1:3]
     objective = config.objective
-    if not isinstance(objective, RelevanceObjective):
+    if not isinstance(objective, MASKED_OBJECTIVES):
         return np.ones((len(data), *size), dtype=bool)
     if objective.masks == "object":
         if whole_objects is None:
@@ -88,7 +91,7 @@ def align_masks(masks: np.ndarray, rows: Any, transform: InputTransform | None, 
 def _with_masks(config: FinetuneConfig, inputs: FinetuneInputs, data: ArraySplit) -> ArraySplit:
     """The images that have a usable concept mask (QC in `cft masks`); the others cannot guide relevance."""
     objective = config.objective
-    if not isinstance(objective, RelevanceObjective) or objective.masks != "concepts" or inputs.masks is None:
+    if not isinstance(objective, MASKED_OBJECTIVES) or objective.masks != "concepts" or inputs.masks is None:
         return data
     keep = MaskStore(inputs.masks).usable(data.image_ids)
     if keep.all():
@@ -105,6 +108,13 @@ def _object_masks(inputs: FinetuneInputs, data: ArraySplit, manifest: Any) -> np
         return object_masks(inputs.dataset, rows_by_id(manifest, data.image_ids))
     except StoreError:
         return None
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The base model as the ``kl_base`` anchor's reference: a copy in eval mode, without gradients."""
+    frozen = copy.deepcopy(model).eval()
+    frozen.requires_grad_(False)
+    return frozen
 
 
 def _shown(names: list[str]) -> str:
@@ -131,6 +141,10 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
     model, spec = load_model_artifact(inputs.base_model)
     if spec["class_names"] != subset_info["classes"]:
         raise ValueError(f"{inputs.base_model}: the model's classes {_shown(spec['class_names'])} differ from the dataset's {_shown(subset_info['classes'])}")
+    objective = config.objective
+    if isinstance(objective, RelevanceObjective) and objective.competitor_weight > 0 and objective.competitors >= len(spec["class_names"]):
+        classes = len(spec["class_names"])
+        raise ValueError(f"finetune.{config.method}.competitors is {objective.competitors}, but the model has {classes} classes: at most {classes - 1} compete with the true one")
     transform = InputTransform.from_preprocessing(spec["preprocessing"]) if has_image_files(manifest) else None
     data = _with_masks(config, inputs, load_images(manifest_path, subset_ids(subset, "finetune"), manifest, transform))
     val_unseen = load_images(manifest_path, subset_ids(subset, "val", seen=False), manifest, transform)
@@ -138,7 +152,15 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
     whole_objects = _object_masks(inputs, data, manifest)
     masks = _training_masks(config, inputs, data, whole_objects, manifest, transform)
     model = model.to(device)
+    # made before a checkpoint is loaded: a resumed run anchors to the same base model
+    base_model = _frozen_copy(model) if isinstance(objective, RelevanceObjective) and objective.anchor == "kl_base" else None
     normalizer = Normalizer(spec["preprocessing"]["mean"], spec["preprocessing"]["std"]).to(device)
+    penalty_weight = None
+    if isinstance(objective, RrrObjective):  # from the base model, before a checkpoint is loaded: a resumed run gets the same λ
+        penalty_weight = objective.penalty_weight
+        if penalty_weight is None:
+            x_all = normalizer(torch.from_numpy(data.images).to(device))
+            penalty_weight = calibrated_weight(model, x_all, torch.from_numpy(data.labels).to(device), torch.from_numpy(masks).to(device), train.eval_batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=train.lr_step_epochs, gamma=train.lr_gamma)
     generator = seed_everything(train.seed)
@@ -198,10 +220,19 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
                 x, m = joint_augment(x, m, generator, train.augment.flip, train.augment.min_crop_scale)
                 y = labels[batch].to(device)
                 with autocast(device):
-                    if isinstance(config.objective, RelevanceObjective):
-                        relevance = attnlrp(model, x, y, create_graph=True)
+                    if isinstance(objective, RelevanceObjective):
+                        relevance = (rollout if objective.relevance == "rollout" else attnlrp)(model, x, y, create_graph=True)
                         logits = relevance.logits
-                        loss, terms = relevance_loss(relevance.upsampled(), m[:, 0], logits, config.objective)
+                        # the competitor pass costs a second AttnLRP pass over k copies of the batch: only when weighted
+                        competitors = competitor_relevance(model, x, logits, y, objective.competitors) if objective.competitor_weight > 0 else None
+                        base_logits = None
+                        if base_model is not None:
+                            with torch.no_grad():
+                                base_logits = base_model(x)
+                        loss, terms = relevance_loss(relevance.upsampled(), m[:, 0], logits, objective, y, base_logits, competitors)
+                    elif isinstance(objective, RrrObjective):
+                        logits, input_gradient = log_probability_input_gradient(model, x)
+                        loss, terms = rrr_objective(logits, input_gradient, y, m, penalty_weight)
                     else:
                         logits = model(x)
                         loss = F.cross_entropy(logits.float(), y)
@@ -259,6 +290,8 @@ def finetune(config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str
         "train_seconds_this_run": time.perf_counter() - started,
         "selected": next(row for row in curves if row["epoch"] == best["epoch"]),
         "base": curves[0],
+        "last": curves[-1],  # beside the selected epoch: what selection changed
+        **({"penalty_weight": penalty_weight} if penalty_weight is not None else {}),
     }
     if warnings:
         summary["warnings"] = warnings

@@ -55,10 +55,12 @@ def build_mask_store(
     if config.backend == "annotated":
         from pipeline.masks_annotated import annotated_masks
 
-        results, resolution = annotated_masks(dataset_dir, manifest, image_ids, concepts, config.resolution, config.on_all_missing, progress)
+        results, resolution = annotated_masks(dataset_dir, manifest, image_ids, concepts, config.resolution, config.on_all_missing, progress, noise=config.annotated)
         stream: Iterator[ImageMasks] = iter(results)
         slots = max((len(r.concepts) for r in results), default=1)
         provenance: dict[str, Any] = {"source": "the dataset's part annotations"}
+        if config.annotated.noise > 0:  # noise 0 leaves the store exactly as without the option
+            provenance.update({"simulated_noise": config.annotated.noise, "noise_seed": config.annotated.seed})
     else:
         from pipeline.masks_grounded import grounded_sam_masks, load_grounded_sam, slot_count
 

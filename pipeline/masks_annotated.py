@@ -3,6 +3,11 @@
 The world's images carry a part label map (0 = background, k = the class's k-th part); a concept
 is matched to a part by name (case-insensitive). A concept without an annotated part gets an
 empty mask flagged ``no_annotation``, never an error mid-run: the QC table reports it.
+
+With ``masks.annotated.noise`` > 0 the exact masks are degraded the way Grounded-SAM errs
+(:mod:`pipeline.mask_noise`): a part the simulated detector misses gets an empty mask flagged
+``no_box`` (as with grounded_sam; ``no_annotation`` stays for concepts the data cannot annotate), and
+the table's ``boxes`` column holds 1 for a found part, 0 for a missed one (null: nothing to find).
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.array_store import StoreError
+from pipeline.config import AnnotatedMasksConfig
 from pipeline.datasets import has_image_files, read_arrays, rows_by_id
+from pipeline.mask_noise import concept_rng, degrade_mask
 from pipeline.mask_store import ImageMasks
 
 PART_CATALOG = "world.json"
+FALLBACK_CONCEPT = "whole object"
 
 
 def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -41,9 +49,12 @@ def annotated_masks(
     resolution: int | None,
     on_all_missing: str = "object",
     progress: bool = True,
+    noise: AnnotatedMasksConfig | None = None,
 ) -> tuple[list[ImageMasks], tuple[int, int]]:
     """Concept masks from the part label maps; ``on_all_missing: object`` adds the whole object
-    (all parts) as a fallback slot to an image none of whose concepts is annotated or visible."""
+    (all parts) as a fallback slot to an image none of whose concepts is annotated or visible.
+    ``noise`` (``masks.annotated``) degrades each mask, the fallback included, at the label map's
+    own resolution before resizing (see :mod:`pipeline.mask_noise`); None or noise 0: exact masks."""
     dataset_dir = Path(dataset_dir)
     catalog_path = dataset_dir / PART_CATALOG
     if not catalog_path.is_file():
@@ -58,20 +69,44 @@ def annotated_masks(
     labels = read_arrays(dataset_dir, rows, "part_labels")
     size = (resolution, resolution) if resolution else labels.shape[1:3]
     class_names = rows.column("class_name").to_pylist()
+    level, seed = (noise.noise, noise.seed) if noise is not None else (0.0, 0)
+
+    def degrade(exact: np.ndarray, image_id: str, concept: str) -> tuple[np.ndarray, int | None]:
+        """The mask as Grounded-SAM might give it at noise ``level``, and its simulated box count
+        (1 found, 0 missed: flag ``no_box``; None: nothing to find, the part is not in the image)."""
+        if not exact.any():
+            return exact, None
+        mask, missed = degrade_mask(exact, level, concept_rng(seed, image_id, concept))
+        return mask, 0 if missed else 1
+
     results = []
     for image_id, class_name, label_map in tqdm(zip(image_ids, class_names, labels, strict=True), total=len(image_ids), desc="masks", disable=not progress):
         parts = [name.lower() for name in part_names.get(class_name, [])]
         wanted = concepts.get(class_name, [])
         masks = np.zeros((len(wanted), *label_map.shape), dtype=bool)
         missing = []
+        boxes: list[int | None] = [None] * len(wanted)
         for slot, concept in enumerate(wanted):
             found = concept.lower() in parts
             missing.append(not found)
             if found:
                 masks[slot] = label_map == parts.index(concept.lower()) + 1
-        result = ImageMasks(image_id, class_name, list(wanted), resize_masks(masks, size), missing=missing)
+                if level > 0:
+                    masks[slot], boxes[slot] = degrade(masks[slot], image_id, concept)
+        kept_boxes = boxes if level > 0 else []  # noise 0: no detector simulated, the table's boxes stay null
+        result = ImageMasks(image_id, class_name, list(wanted), resize_masks(masks, size), boxes=kept_boxes, missing=missing)
         if on_all_missing == "object" and not result.usable():
-            whole = resize_masks((label_map > 0)[None], size)
-            result = ImageMasks(image_id, class_name, [*wanted, "whole object"], np.concatenate([result.masks, whole]), missing=[*missing, False], fallback=True)
+            whole, whole_boxes = label_map > 0, None
+            if level > 0:
+                whole, whole_boxes = degrade(whole, image_id, FALLBACK_CONCEPT)
+            result = ImageMasks(
+                image_id,
+                class_name,
+                [*wanted, FALLBACK_CONCEPT],
+                np.concatenate([result.masks, resize_masks(whole[None], size)]),
+                boxes=[*kept_boxes, whole_boxes] if level > 0 else [],
+                missing=[*missing, False],
+                fallback=True,
+            )
         results.append(result)
     return results, size

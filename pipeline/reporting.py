@@ -28,14 +28,17 @@ def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def base_metrics(outcome: BaseOutcome) -> dict[str, Any]:
-    """Accuracy per split, plus how much the model leans on the background.
+    """Accuracy per split, plus how much the model leans on each shortcut of the world.
 
     ``shortcut_gap`` = in-distribution accuracy minus accuracy when the background belongs to
-    another class: near 0 for a model that ignores the background.
+    another class: near 0 for a model that ignores the background; ``cue_gap`` the same when the
+    cue on the object belongs to another class.
     """
     metrics: dict[str, Any] = {"accuracy": {k: round(v, 6) for k, v in outcome.accuracy.items()}}
     if "test" in outcome.accuracy and "swapped_bg" in outcome.accuracy:
         metrics["shortcut_gap"] = round(outcome.accuracy["test"] - outcome.accuracy["swapped_bg"], 6)
+    if "test" in outcome.accuracy and "cue_swapped" in outcome.accuracy:
+        metrics["cue_gap"] = round(outcome.accuracy["test"] - outcome.accuracy["cue_swapped"], 6)
     if outcome.warnings:
         metrics["warnings"] = list(outcome.warnings)
     return metrics

@@ -22,7 +22,8 @@ def report(
         from pipeline.benchmarks.summary import read_results, summarise, write_summary
 
         per_benchmark = read_results(results, list(config.benchmarks), config.models)
-        summary = summarise(per_benchmark, config.in_distribution)
+        apart = frozenset(name for name, benchmark in config.benchmarks.items() if not benchmark.ood_mean)
+        summary = summarise(per_benchmark, config.in_distribution, apart=apart, shortcut_tests=config.shortcut_tests)
         write_summary(per_benchmark, summary, metrics, plots, results)
     for name, row in summary.items():
         shown = ", ".join(f"{key} {value:.3f}" for key, value in row.items())

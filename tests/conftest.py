@@ -15,6 +15,7 @@ from pipeline.config import PrepareConfig, WorldConfig  # noqa: E402
 TINY_SPLITS = {
     "pretrain": 40, "train": 60, "val": 20, "test": 30, "random_bg": 20,
     "swapped_bg": 20, "rendition": 20, "sketch": 20, "pose_sweep": 20, "scene": 20,
+    "cue_removed": 20, "cue_swapped": 20,
 }
 
 

@@ -63,6 +63,27 @@ def test_parts_are_saved_and_a_rerun_reuses_them(tmp_path: Path, monkeypatch: py
     assert run_metrics(source, first, {0, 1}) == run_metrics(source, second, {0, 1})
 
 
+def test_cue_share_is_the_relevance_on_the_cue_across_parts(tmp_path: Path) -> None:
+    """cue_share: mean share of each map's positive relevance on its image's cue (images with a cue
+    only, over every part, resumed or not); cue_area: the cue's mean share of those images."""
+    source = array_source()
+    cues = np.zeros((12, 16, 16), dtype=bool)
+    cues[::2, 4:8, 4:8] = True  # every other image carries a 4×4 cue
+    source.dataset = ArrayItems(source.dataset.images, source.dataset.masks, cues)  # type: ignore[attr-defined]
+    model = tiny_model(0)
+    run = run_benchmark(source, [model], None, config(), tmp_path, "e" * 64, DEVICE, progress=False)
+    metrics = run_metrics(source, run, None)["m0"]
+    x = model.normalizer(torch.from_numpy(source.dataset.images[::2]))  # type: ignore[attr-defined]
+    with torch.no_grad():
+        predicted = model.model(x).argmax(dim=1)
+    maps = attnlrp(model.model, x, predicted).upsampled().detach().clamp(min=0).numpy()
+    expected = [(m * c).sum() / m.sum() for m, c in zip(maps, cues[::2], strict=True)]
+    assert metrics["cue_share"] == pytest.approx(float(np.mean(expected)), abs=1e-5)
+    assert metrics["cue_area"] == pytest.approx(16 / 256)
+    again = run_metrics(source, run_benchmark(source, [model], None, config(), tmp_path, "e" * 64, DEVICE, progress=False), None)["m0"]
+    assert again == metrics
+
+
 def test_parts_of_another_run_are_dropped(tmp_path: Path) -> None:
     source, models = array_source(), [tiny_model(0)]
     run_benchmark(source, models, None, config(), tmp_path, "a" * 64, DEVICE, progress=False)

@@ -11,6 +11,7 @@ import torch
 from pipeline.benchmarks.summary import compact
 from pipeline.benchmarks.summary import summarise as summarise_benchmarks
 from pipeline.checkpoint import STATE_NAME, fingerprint, load_state, save_state
+from pipeline.config import EvaluateConfig
 from pipeline.evaluation import SegmentationCounts, binarise_at_mean
 
 # Two 2x2 images whose dataset-level IoU (summed counts) differs from the mean of per-image IoUs.
@@ -113,8 +114,36 @@ def test_summarise() -> None:
         "in_distribution_accuracy": 0.95,
         "forgetting_unseen": 0.1,
     }
-    assert compact(summary["cft"]) == {"ood_acc": 0.6, "ood_seen": 0.7, "ood_unseen": 0.4, "id_acc": 0.95, "forgetting": 0.1, "ood_miou": 0.6}
+    assert compact(summary["cft"]) == {"ood_acc": 0.6, "ood_seen": 0.7, "ood_unseen": 0.4, "id_acc": 0.95, "forgetting": 0.1}
     assert summary["other"] == {"ood_accuracy_mean": 0.1, "ood_accuracy_seen_mean": 0.2, "ood_accuracy_unseen_mean": 0.1}
+
+
+def test_summarise_reports_apart_shortcut_drops_and_cue_lift() -> None:
+    results = {
+        "base": {
+            "test": {**split_metrics(0.9, 0.8), "cue_share": 0.12, "cue_area": 0.03},
+            "cue_swapped": split_metrics(0.7, 0.6),
+            "swapped_bg": split_metrics(0.85, 0.8),
+            "sketch": split_metrics(0.1, 0.1),
+        },
+    }
+    per_benchmark: dict[str, dict[str, object]] = {name: {"models": {"base": row}} for name, row in results["base"].items()}
+    summary = summarise_benchmarks(per_benchmark, "test", apart=frozenset({"sketch"}), shortcut_tests={"cue": "cue_swapped", "bg": "swapped_bg"})  # type: ignore[arg-type]
+    row = summary["base"]
+    assert row["ood_accuracy_mean"] == pytest.approx(0.775)  # sketch reported apart
+    assert row["cue_drop"] == pytest.approx(0.2) and row["bg_drop"] == pytest.approx(0.05)
+    assert row["cue_lift"] == pytest.approx(4.0)
+    assert {"cue_drop", "bg_drop", "cue_lift"} <= set(compact(row))
+    assert "cue_lift" not in summarise(results, in_distribution="cue_swapped")["base"]
+
+
+def test_shortcut_tests_must_name_benchmarks() -> None:
+    benchmarks = {"test": {"kind": "split"}, "cue_swapped": {"kind": "split"}}
+    assert EvaluateConfig(benchmarks=benchmarks, shortcut_tests={"cue": "cue_swapped"}).shortcut_tests == {"cue": "cue_swapped"}
+    with pytest.raises(ValueError, match="not in the benchmarks"):
+        EvaluateConfig(benchmarks=benchmarks, shortcut_tests={"bg": "swapped_bg"})
+    with pytest.raises(ValueError, match="set in_distribution"):
+        EvaluateConfig(benchmarks=benchmarks, shortcut_tests={"cue": "cue_swapped"}, in_distribution=None)
 
 
 def test_summarise_without_reference_has_no_forgetting() -> None:

@@ -10,11 +10,11 @@ import torch
 
 from pipeline import finetuning
 from pipeline.concepts import catalog_concepts
-from pipeline.config import BaseConfig, ConceptsConfig, FinetuneConfig, LabelsObjective, RelevanceObjective, SubsetConfig, TrainSchedule
+from pipeline.config import BaseConfig, ConceptsConfig, FinetuneConfig, LabelsObjective, RelevanceObjective, RrrObjective, SubsetConfig, TrainSchedule
 from pipeline.manifest import classes_of, read_manifest
 from pipeline.mask_store import write_mask_store
 from pipeline.masks_annotated import annotated_masks
-from pipeline.models import create_model, preprocessing_of, save_model_artifact
+from pipeline.models import create_model, load_model_artifact, preprocessing_of, save_model_artifact
 from pipeline.subset import select_subset, subset_ids, write_subset
 from tests.test_stages import TINY_BASE
 
@@ -70,9 +70,18 @@ CORRUPTIONS = LabelsObjective(objective="labels", corruptions=["gaussian_noise",
 
 
 ENERGY = RelevanceObjective(objective="relevance", loss="energy")
+# the base copy must be made from the base model, not from a resumed checkpoint; weighted up so it moves the weights
+KL_BASE = RelevanceObjective(objective="relevance", anchor="kl_base", classification_weight=1.0)
+OPTIONS = RelevanceObjective(objective="relevance", normalisation="detached_max", anchor="labels", competitor_weight=1.0, competitors=2)
+ROLLOUT = RelevanceObjective(objective="relevance", relevance="rollout")
+RRR = RrrObjective(objective="rrr")  # λ calibrated from the base model (Ross et al.'s rule)
 
 
-@pytest.mark.parametrize("objective", [RelevanceObjective(objective="relevance"), ENERGY, LabelsObjective(objective="labels"), CORRUPTIONS], ids=["cft", "energy", "plain", "corruptions"])
+@pytest.mark.parametrize(
+    "objective",
+    [RelevanceObjective(objective="relevance"), ENERGY, KL_BASE, OPTIONS, ROLLOUT, RRR, LabelsObjective(objective="labels"), CORRUPTIONS],
+    ids=["cft", "energy", "kl_base", "options", "rollout", "rrr", "plain", "corruptions"],
+)
 def test_interrupted_run_resumes_to_identical_weights(inputs: finetuning.FinetuneInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, objective: RelevanceObjective | LabelsObjective) -> None:
     run = config(objective)
     reference = finetuning.finetune(run, inputs, tmp_path / "uninterrupted", progress=False)
@@ -108,6 +117,94 @@ def test_cft_changes_relevance_and_plain_keeps_its_masks_out(inputs: finetuning.
     assert outcome.overlay["before"].shape == outcome.overlay["after"].shape == (2, 32, 32)
     assert not torch.allclose(torch.from_numpy(outcome.overlay["before"]), torch.from_numpy(outcome.overlay["after"]))
     assert outcome.spec["finetune"]["best_epoch"] == outcome.best_epoch >= 1
+
+
+def test_rollout_and_rrr_train_through_their_own_losses(inputs: finetuning.FinetuneInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """relevance: rollout shapes the rollout map (no AttnLRP pass in the step); rrr logs its input-gradient
+    penalty, which its masks make non-zero, and moves the weights."""
+    batches, _ = spy_on_the_step(monkeypatch)
+    rolled: list[int] = []
+    original = finetuning.rollout
+    monkeypatch.setattr(finetuning, "rollout", lambda model, images, *args, **kwargs: rolled.append(len(images)) or original(model, images, *args, **kwargs))
+    finetuning.finetune(config(ROLLOUT, epochs=1), inputs, tmp_path / "rollout", progress=False)
+    assert rolled == [4, 4, 2] and batches == []
+    outcome = finetuning.finetune(config(RRR, epochs=1), inputs, tmp_path / "rrr", progress=False)
+    assert outcome.curves[1]["input_gradient"] > 0 and "classification" in outcome.curves[1]
+    # λ by Ross et al.'s rule: CE / penalty of the base model, so the first step's two terms are of one size
+    assert outcome.summary["penalty_weight"] > 0
+    fixed = finetuning.finetune(config(RrrObjective(objective="rrr", penalty_weight=0.5), epochs=1), inputs, tmp_path / "fixed", progress=False)
+    assert fixed.summary["penalty_weight"] == 0.5
+    assert batches == []  # RRR needs no relevance map
+    base = load_model_artifact(inputs.base_model)[0].state_dict()
+    assert any(not torch.equal(tensor, base[name]) for name, tensor in outcome.model.state_dict().items())
+
+
+def test_summary_reports_the_last_epoch_beside_the_selected_one(inputs: finetuning.FinetuneInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(finetuning, "_selection_score", lambda select_by, row, *splits: -float(row["epoch"]))  # keeps epoch 1
+    outcome = finetuning.finetune(config(LabelsObjective(objective="labels")), inputs, tmp_path / "s", progress=False)
+    assert outcome.best_epoch == 1
+    assert outcome.summary["selected"] == outcome.curves[1] and outcome.summary["selected"]["epoch"] == 1
+    assert outcome.summary["last"] == outcome.curves[-1] and outcome.summary["last"]["epoch"] == 3
+    assert outcome.summary["base"] == outcome.curves[0]
+
+
+def spy_on_the_step(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[tuple[object, ...]]]:
+    """Record the batch size of every AttnLRP call of the training step (the monitor's maps are not
+    counted) and the arguments of every ``relevance_loss`` call."""
+    from pipeline import objective as objective_module
+
+    batches: list[int] = []
+    calls: list[tuple[object, ...]] = []
+    original_attnlrp, original_loss = finetuning.attnlrp, finetuning.relevance_loss
+
+    def counting_attnlrp(model: torch.nn.Module, images: torch.Tensor, *args: object, **kwargs: object) -> object:
+        batches.append(len(images))
+        return original_attnlrp(model, images, *args, **kwargs)
+
+    def recording_loss(*args: object) -> object:
+        calls.append(args)
+        return original_loss(*args)
+
+    monkeypatch.setattr(finetuning, "attnlrp", counting_attnlrp)
+    monkeypatch.setattr(objective_module, "attnlrp", counting_attnlrp)
+    monkeypatch.setattr(finetuning, "relevance_loss", recording_loss)
+    return batches, calls
+
+
+def test_competitor_pass_only_when_weighted(inputs: finetuning.FinetuneInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """competitor_weight 0 (the default) costs nothing: one AttnLRP pass per step, no base copy;
+    above 0, one more pass per step over the batch repeated ``competitors`` times."""
+    batches, calls = spy_on_the_step(monkeypatch)
+    plain = finetuning.finetune(config(RelevanceObjective(objective="relevance", competitors=3), epochs=1), inputs, tmp_path / "off", progress=False)
+    assert batches == [4, 4, 2]  # 10 images in batches of 4
+    assert all(call[5] is None and call[6] is None for call in calls)  # no base logits, no competitor maps
+    assert "competitor" not in plain.curves[1]
+    batches.clear()
+    calls.clear()
+    weighted = finetuning.finetune(config(RelevanceObjective(objective="relevance", competitor_weight=1.0, competitors=3), epochs=1), inputs, tmp_path / "on", progress=False)
+    assert batches == [4, 12, 4, 12, 2, 6]
+    assert [tuple(call[6].shape[:2]) for call in calls] == [(4, 3), (4, 3), (2, 3)]  # type: ignore[union-attr]
+    assert 0 < weighted.curves[1]["competitor"] <= 1
+
+
+def test_too_many_competitors_are_refused(inputs: finetuning.FinetuneInputs, tmp_path: Path) -> None:
+    classes = len(classes_of(read_manifest(inputs.dataset / "manifest.parquet")))
+    run = config(RelevanceObjective(objective="relevance", competitor_weight=1.0, competitors=classes))
+    with pytest.raises(ValueError, match=rf"^finetune\.test\.competitors is {classes}, but the model has {classes} classes: at most {classes - 1} compete"):
+        finetuning.finetune(run, inputs, tmp_path / "state", progress=False)
+
+
+def test_kl_base_anchors_to_the_frozen_base_model(inputs: finetuning.FinetuneInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base logits come from a frozen copy of the starting model on the same augmented batch:
+    at the first step they equal the model's own logits; later the model has moved away from them."""
+    _, calls = spy_on_the_step(monkeypatch)
+    finetuning.finetune(config(KL_BASE, epochs=1), inputs, tmp_path / "kl", progress=False)
+    first_logits, first_base = calls[0][2], calls[0][5]
+    assert isinstance(first_logits, torch.Tensor) and isinstance(first_base, torch.Tensor)
+    assert not first_base.requires_grad
+    torch.testing.assert_close(first_base, first_logits.detach(), rtol=1e-5, atol=1e-5)
+    last_logits, last_base = calls[-1][2], calls[-1][5]
+    assert not torch.allclose(last_base, last_logits.detach(), rtol=1e-5, atol=1e-5)  # type: ignore[arg-type]
 
 
 def test_overlay_takes_the_classes_in_turn() -> None:

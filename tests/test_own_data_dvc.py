@@ -105,6 +105,7 @@ def own_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "benchmarks": {"own_test": {"kind": "imagefolder", "path": "photos/test"}, "own_shifted": {"kind": "imagefolder", "path": "photos/shifted"}},
         "models": ["base", "cft", "plain"],
         "in_distribution": "own_test",
+        "shortcut_tests": {"shift": "own_shifted"},  # metrics get shift_drop: own_test accuracy minus own_shifted's
         "batch_size": 8,
         "workers": 0,
         "device": "cpu",
@@ -140,8 +141,9 @@ def test_own_data_runs_end_to_end_under_dvc_repro(own_project: Path) -> None:
     assert sum(flags.values()) > 0
     for model in ("base", "cft", "plain"):
         compact = json.loads((own_project / f"metrics/{model}.json").read_text())
-        assert {"ood_acc", "id_acc", "forgetting"} <= set(compact)
+        assert {"ood_acc", "id_acc", "forgetting", "shift_drop"} <= set(compact)
         assert 0.0 <= compact["ood_acc"] <= 1.0
+        assert compact["shift_drop"] == pytest.approx(compact["id_acc"] - compact["ood_acc"], abs=2e-4)  # one OOD benchmark: own_shifted
     assert json.loads((own_project / "metrics/base.json").read_text())["forgetting"] == 0.0
     for name in ("accuracy.png", "metrics.csv", "summary.csv"):
         assert (own_project / "plots/summary" / name).stat().st_size > 0

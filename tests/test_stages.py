@@ -31,7 +31,7 @@ TINY_FINETUNE = {
     "cft": {"objective": "relevance"},
     "plain": {"objective": "labels"},
 }
-TINY_EVALUATE = {"relevance_images": 8, "overlay_images": 3, "benchmarks": {"test": {"kind": "split"}, "swapped_bg": {"kind": "split"}}}
+TINY_EVALUATE = {"relevance_images": 8, "overlay_images": 3, "benchmarks": {"test": {"kind": "split"}, "swapped_bg": {"kind": "split"}}, "shortcut_tests": {"bg": "swapped_bg"}}
 
 
 def tiny_params(path: Path, **base_overrides: object) -> Path:
@@ -105,7 +105,7 @@ def test_prepare_then_base(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "base.json").read_text())
     assert set(metrics["accuracy"]) == set(TINY_SPLITS) - {"pretrain", "train"}
     assert all(0.0 <= value <= 1.0 for value in metrics["accuracy"].values())
-    assert "shortcut_gap" in metrics
+    assert "shortcut_gap" in metrics and "cue_gap" in metrics
     for name in ("training.csv", "accuracy.csv", "training.png", "accuracy.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 0
     assert len((tmp_path / "plots" / "training.csv").read_text().splitlines()) == 1 + 2
@@ -153,7 +153,7 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
     compact = {model: json.loads((tmp_path / f"metrics/{model}.json").read_text()) for model in ("base", "cft", "plain")}
     assert sorted(path.name for path in (tmp_path / "metrics").iterdir()) == ["base.json", "cft.json", "plain.json"]
     assert compact["base"]["forgetting"] == 0.0
-    assert set(compact["cft"]) == {"ood_acc", "ood_seen", "ood_unseen", "id_acc", "forgetting", "ood_miou", "ood_bg_share"}
+    assert set(compact["cft"]) == {"ood_acc", "ood_seen", "ood_unseen", "id_acc", "forgetting", "cue_lift", "bg_drop"}
     detail = (tmp_path / "p/summary/metrics.csv").read_text().splitlines()
     header = detail[0].split(",")
     assert {"accuracy", "accuracy_seen", "accuracy_unseen", "miou", "miou_seen", "miou_unseen", "background_share", "ap", "pixel_accuracy"} <= set(header)

@@ -143,6 +143,7 @@ def test_finetune_cli_keeps_a_working_model_without_warning(inputs: finetuning.F
     assert "warning" not in result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert "warnings" not in metrics and metrics["selected"]["val_unseen_accuracy"] + metrics["selected"]["val_seen_accuracy"] > 2 * 0.234
+    assert metrics["last"]["epoch"] == 2 and set(metrics["last"]) == set(metrics["selected"])  # the final epoch, beside the kept one
 
 
 def test_finetune_cli_at_chance_exits_2_unless_allowed(inputs: finetuning.FinetuneInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,15 +9,16 @@ import zarr
 
 from pipeline.array_store import DamagedStoreError, StoreError, open_array, read_rows, write_image_array
 from pipeline.config import WorldConfig
-from pipeline.datasets import load_split, object_masks
+from pipeline.datasets import CUE_LABEL, load_split, object_masks
 from pipeline.manifest import read_manifest, split_rows
 from pipeline.world.build import build_world
 from pipeline.world.classes import CLASSES, resolve_classes
 from pipeline.world.generate import render_sample
+from pipeline.world.render import CUE_HSV, cue_region, hsv_to_rgb
 from tests.conftest import TINY_SPLITS, tiny_prepare_config
 
 # pose_sweep is left out: its smallest objects may lose a tiny part (a beak) at 32 px.
-WHOLE_PARTS_SPLITS = ("pretrain", "train", "val", "test", "random_bg", "swapped_bg", "rendition", "sketch", "scene")
+WHOLE_PARTS_SPLITS = ("pretrain", "train", "val", "test", "random_bg", "swapped_bg", "rendition", "sketch", "scene", "cue_removed", "cue_swapped")
 
 
 def all_files(root: Path) -> dict[str, bytes]:
@@ -68,7 +69,7 @@ def test_part_masks_are_non_empty_and_inside_object(tiny_world: Path, split: str
     labels = open_array(tiny_world / "world.zarr", f"{split}/part_labels")[:]
     for row, label_map in zip(manifest.to_pylist(), labels, strict=True):
         parts = CLASSES[row["class_index"]].parts
-        assert label_map.max() <= len(parts)
+        assert set(np.unique(label_map).tolist()) <= {*range(len(parts) + 1), CUE_LABEL}
         object_mask = label_map > 0
         assert 0.05 < object_mask.mean() < 0.6
         for index, part in enumerate(parts, start=1):
@@ -144,3 +145,80 @@ def test_world_store_with_a_truncated_shard_is_named(tmp_path: Path, tiny_world:
         object_masks(world, rows)
     assert not isinstance(error.value, StoreError)
     assert len(load_split(world / "manifest.parquet", "test")) == TINY_SPLITS["test"]  # the images are intact
+
+
+# --- the cue: a class-coloured square on the object, none of its parts ------------------------
+
+
+def test_cue_lies_inside_the_object_and_outside_every_part(tiny_world: Path) -> None:
+    manifest = read_manifest(tiny_world / "manifest.parquet")
+    checked = 0
+    for split in ("train", "test", "swapped_bg", "cue_swapped"):
+        rows = split_rows(manifest, split).to_pylist()
+        labels = open_array(tiny_world / "world.zarr", f"{split}/part_labels")[:]
+        for row, label_map in zip(rows, labels, strict=True):
+            cue = label_map == CUE_LABEL
+            assert (row["cue_class"] >= 0) == bool(cue.any()), row["image_id"]
+            if not cue.any():
+                continue
+            checked += 1
+            assert (object_masks(tiny_world, split_rows(manifest, split).take([row["source_index"]]))[0] >= cue).all()
+            for index in range(1, len(CLASSES[row["class_index"]].parts) + 1):
+                assert not (cue & (label_map == index)).any()
+            # a square of about cue_size × image_size pixels (clipped to the part it sits on)
+            assert 6 <= cue.sum() <= 30, (row["image_id"], int(cue.sum()))
+    assert checked > 0.9 * sum(TINY_SPLITS[s] for s in ("train", "test", "swapped_bg", "cue_swapped"))
+
+
+def test_cue_is_drawn_in_the_images() -> None:
+    """The cue's pixels show its class's colour: they differ between two cue classes, the rest does not."""
+    config = WorldConfig()
+    own = render_sample(config, CLASSES, "test", 5, 3, seed=0)
+    assert own.cue_class >= 0
+    cue = own.part_labels == CUE_LABEL
+    colour = own.image[cue].astype(float).mean(axis=0)
+    expected = hsv_to_rgb(np.asarray(CUE_HSV[own.cue_class])) * 255
+    assert np.abs(colour - expected).max() < 40
+    removed = render_sample(config.model_copy(update={"cue_size": 0.0, "split_sizes": {"train": 1, "test": 1}}), CLASSES, "test", 5, 3, seed=0)
+    assert removed.cue_class == -1 and not (removed.part_labels == CUE_LABEL).any()
+
+
+def test_cue_splits_and_absence(tiny_world: Path) -> None:
+    manifest = read_manifest(tiny_world / "manifest.parquet")
+    rows = {split: split_rows(manifest, split).to_pylist() for split in TINY_SPLITS}
+    for split in ("pretrain", "cue_removed", "rendition", "sketch", "pose_sweep", "scene"):
+        assert all(row["cue_class"] == -1 for row in rows[split]), split
+        assert not (open_array(tiny_world / "world.zarr", f"{split}/part_labels")[:] == CUE_LABEL).any(), split
+    assert all(row["cue_class"] not in (-1, row["class_index"]) for row in rows["cue_swapped"])
+    # the cue splits keep test's background statistics: mostly the class's own style
+    for split in ("cue_removed", "cue_swapped"):
+        assert np.mean([row["background_class"] == row["class_index"] for row in rows[split]]) > 0.8, split
+
+
+def test_cue_correlation_follows_params() -> None:
+    def own_share(config: WorldConfig) -> float:
+        samples = [render_sample(config, CLASSES, "train", i, i % 10, seed=3) for i in range(500)]
+        assert all(s.cue_class >= 0 for s in samples)
+        return float(np.mean([s.cue_class == s.class_index for s in samples]))
+
+    assert 0.85 < own_share(WorldConfig(spurious_p=0.9)) < 0.95  # cue_p null follows spurious_p
+    assert 0.45 < own_share(WorldConfig(spurious_p=0.9, cue_p=0.5)) < 0.55
+
+
+def test_cue_region_prefers_the_largest_part_and_is_seeded() -> None:
+    labels = np.zeros((30, 30), dtype=np.uint8)
+    labels[2:28, 2:20] = 1  # the large part
+    labels[10:14, 22:28] = 2  # a small part
+    first = cue_region(labels, 6, np.random.default_rng(0))
+    assert first is not None and first.sum() == 36 and (labels[first] == 1).all()
+    np.testing.assert_array_equal(first, cue_region(labels, 6, np.random.default_rng(0)))
+    thin = np.zeros((30, 30), dtype=np.uint8)
+    thin[5:25, 14:17] = 1  # 3 px wide: the square is clipped to it
+    clipped = cue_region(thin, 6, np.random.default_rng(1))
+    assert clipped is not None and clipped.sum() == 18 and (thin[clipped] == 1).all()
+    assert cue_region(np.zeros((30, 30), dtype=np.uint8), 6, np.random.default_rng(0)) is None
+
+
+def test_cue_splits_need_the_cue() -> None:
+    with pytest.raises(ValueError, match="need the cue"):
+        WorldConfig(cue_size=0.0)

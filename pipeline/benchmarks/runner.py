@@ -52,6 +52,8 @@ class PartResult:
     predictions: dict[str, dict[str, np.ndarray]]  # model -> protocol -> (n,) predicted class
     scores: dict[str, dict[str, SegmentationScores]] = field(default_factory=dict)  # model -> group -> sums
     shares: dict[str, list[float]] = field(default_factory=dict)  # model -> background share per measured image
+    cue_shares: dict[str, list[float]] = field(default_factory=dict)  # model -> share on the cue, per measured image with a cue
+    cue_areas: list[float] = field(default_factory=list)  # the cue's share of the image, same images
 
     def save(self, path: Path, fingerprint: str) -> None:
         arrays = {"readable": self.readable}
@@ -60,6 +62,8 @@ class PartResult:
             "fingerprint": fingerprint,
             "scores": {model: {group: s.to_dict() for group, s in per.items()} for model, per in self.scores.items()},
             "shares": self.shares,
+            "cue_shares": self.cue_shares,
+            "cue_areas": self.cue_areas,
         }
         arrays["extra"] = np.frombuffer(json.dumps(extra).encode(), dtype=np.uint8)
 
@@ -88,7 +92,7 @@ class PartResult:
         except Exception:  # a torn or foreign file is recomputed, never trusted
             return None
         scores = {model: {group: SegmentationScores.from_dict(s) for group, s in per.items()} for model, per in extra["scores"].items()}
-        return cls(readable, predictions, scores, extra["shares"])
+        return cls(readable, predictions, scores, extra["shares"], extra["cue_shares"], extra["cue_areas"])
 
 
 def seen_flags(images: BenchmarkImages | None, count: int, seen_classes: set[int] | None) -> np.ndarray | None:
@@ -127,11 +131,16 @@ def _run_part(source: EvalSource, indices: list[int], models: list[ModelUnderTes
     groups = GROUPS if seen is not None else ("all",)
     scores = {m.name: {g: SegmentationScores() for g in groups} for m in models if measure and m.relevance}
     shares: dict[str, list[float]] = {name: [] for name in scores}
+    cue_shares: dict[str, list[float]] = {name: [] for name in scores}
+    cue_areas: list[float] = []
     limit = config.relevance_images if config.relevance_images is not None else len(source)
     for batch in _loader(Subset(source.dataset, indices), config, device):
         images = batch["image"].to(device, non_blocking=True)
         index = batch["index"].numpy()
         readable.append(batch["readable"].numpy().astype(bool))
+        if scores and "cue" in batch:  # the cue's area on the images whose relevance is measured
+            cues = batch["cue"][: int((index < limit).sum())].numpy()
+            cue_areas += cues[cues.any(axis=(1, 2))].mean(axis=(1, 2)).tolist()
         for entry in models:
             x = entry.normalizer(images)
             with torch.no_grad(), autocast(device):
@@ -158,13 +167,28 @@ def _run_part(source: EvalSource, indices: list[int], models: list[ModelUnderTes
                     if chosen_images.any():
                         scores[entry.name][group].add(maps[chosen_images], masks[chosen_images])
             shares[entry.name] += background_share(torch.from_numpy(maps), torch.from_numpy(masks)).tolist()
+            if "cue" in batch:
+                cues = batch["cue"][:count].numpy().astype(bool)
+                has_cue = cues.any(axis=(1, 2))
+                cue_shares[entry.name] += mask_share(maps[has_cue], cues[has_cue]).tolist()
         bar.update(len(index))
     return PartResult(
         readable=np.concatenate(readable),
         predictions={m: {p: np.concatenate(v).astype(np.int64) for p, v in per.items()} for m, per in predictions.items()},
         scores=scores,
         shares=shares,
+        cue_shares=cue_shares,
+        cue_areas=cue_areas,
     )
+
+
+def mask_share(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per map: the share of its positive relevance inside the mask (0 for a map without any)."""
+    pixels = int(np.prod(maps.shape[1:]))
+    positive = np.clip(maps, 0, None).reshape(len(maps), pixels).astype(np.float64)
+    inside = (positive * masks.reshape(len(masks), pixels)).sum(axis=1)
+    total = positive.sum(axis=1)
+    return np.divide(inside, total, out=np.zeros_like(total), where=total > 0)
 
 
 @dataclass
@@ -173,6 +197,8 @@ class BenchmarkRun:
     predictions: dict[str, dict[str, np.ndarray]]
     scores: dict[str, dict[str, SegmentationScores]]
     shares: dict[str, list[float]]
+    cue_shares: dict[str, list[float]] = field(default_factory=dict)
+    cue_areas: list[float] = field(default_factory=list)
 
 
 def run_benchmark(source: EvalSource, models: list[ModelUnderTest], seen_classes: set[int] | None, config: EvaluateConfig, work_dir: Path, fingerprint: str, device: torch.device, progress: bool = True) -> BenchmarkRun:
@@ -208,14 +234,17 @@ def run_benchmark(source: EvalSource, models: list[ModelUnderTest], seen_classes
     predictions = {m.name: {p: np.concatenate([part.predictions[m.name][p] for part in parts]) for p in parts[0].predictions[m.name]} for m in models} if parts else {}
     scores: dict[str, dict[str, SegmentationScores]] = {}
     shares: dict[str, list[float]] = {}
+    cue_shares: dict[str, list[float]] = {}
     for part in parts:
         for model, per in part.scores.items():
             for group, value in per.items():
                 scores.setdefault(model, {})[group] = scores.get(model, {}).get(group, SegmentationScores()) + value
         for model, values in part.shares.items():
             shares.setdefault(model, []).extend(values)
+        for model, values in part.cue_shares.items():
+            cue_shares.setdefault(model, []).extend(values)
     readable = np.concatenate([part.readable for part in parts]) if parts else np.zeros(0, dtype=bool)
-    return BenchmarkRun(readable, predictions, scores, shares)
+    return BenchmarkRun(readable, predictions, scores, shares, cue_shares, [area for part in parts for area in part.cue_areas])
 
 
 def run_metrics(source: EvalSource, run: BenchmarkRun, seen_classes: set[int] | None) -> dict[str, dict[str, float]]:
@@ -234,6 +263,9 @@ def run_metrics(source: EvalSource, run: BenchmarkRun, seen_classes: set[int] | 
                     row[f"{key}{suffix}"] = metric
         if run.shares.get(model):
             row["background_share"] = round(float(np.mean(run.shares[model])), 6)
+        if run.cue_shares.get(model):
+            row["cue_share"] = round(float(np.mean(run.cue_shares[model])), 6)
+            row["cue_area"] = round(float(np.mean(run.cue_areas)), 6)
         results[model] = row
     return results
 

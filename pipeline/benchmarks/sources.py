@@ -9,8 +9,8 @@ Three kinds of source share one item format, so one runner serves them all:
 * ``imagenet_segmentation``: the images and object masks of ``gtsegs_ijcv.mat``, resized square as
   in the segmentation protocol.
 
-An item is ``{"image": uint8 (S, S, 3), "mask": bool (S, S) (only with masks), "index": int,
-"readable": bool}``. A file that cannot be decoded gives a black image with ``readable`` False: the
+An item is ``{"image": uint8 (S, S, 3), "mask": bool (S, S) (only with masks), "cue": bool (S, S)
+(only where the images carry a cue, the world's sticker), "index": int, "readable": bool}``. A file that cannot be decoded gives a black image with ``readable`` False: the
 run goes on, and the image is left out of the metrics and counted.
 """
 
@@ -27,8 +27,7 @@ from torch.utils.data import Dataset
 from pipeline.array_store import StoreError
 from pipeline.benchmarks.catalog import BenchmarkImages, read_benchmark
 from pipeline.config import BenchmarkConfig
-from pipeline.datasets import decode_image, load_split
-from pipeline.datasets import object_masks as whole_object_masks
+from pipeline.datasets import decode_image, load_split, object_and_cue_masks
 from pipeline.manifest import classes_of, split_rows
 from pipeline.preprocess import InputTransform
 from pipeline.relevance.maps import Upsampling
@@ -49,8 +48,8 @@ class EvalSource:
 
 
 class ArrayItems(Dataset[dict[str, Any]]):
-    def __init__(self, images: np.ndarray, masks: np.ndarray | None) -> None:
-        self.images, self.masks = images, masks
+    def __init__(self, images: np.ndarray, masks: np.ndarray | None, cues: np.ndarray | None = None) -> None:
+        self.images, self.masks, self.cues = images, masks, cues
 
     def __len__(self) -> int:
         return len(self.images)
@@ -59,6 +58,8 @@ class ArrayItems(Dataset[dict[str, Any]]):
         item = {"image": torch.from_numpy(np.ascontiguousarray(self.images[index])), "index": index, "readable": True}
         if self.masks is not None:
             item["mask"] = torch.from_numpy(self.masks[index])
+        if self.cues is not None:
+            item["cue"] = torch.from_numpy(self.cues[index])
         return item
 
 
@@ -108,16 +109,16 @@ def open_source(name: str, config: BenchmarkConfig, class_names: list[str], tran
     if config.kind == "split":
         split = config.split or name
         data = load_split(manifest_path, split, manifest, transform)
-        masks = None
+        masks = cues = None
         if relevance:
             try:
-                masks = whole_object_masks(manifest_path.parent, split_rows(manifest, split))
+                masks, cues = object_and_cue_masks(manifest_path.parent, split_rows(manifest, split))
             except StoreError:
                 masks = None
         count = len(data) if config.limit is None else min(config.limit, len(data))
         classes = classes_of(manifest)
         images = BenchmarkImages("split", manifest_path.parent, data.image_ids[:count], [(int(label),) for label in data.labels[:count]], None)
-        dataset = ArrayItems(data.images[:count], None if masks is None else masks[:count])
+        dataset = ArrayItems(data.images[:count], None if masks is None else masks[:count], None if cues is None else cues[:count])
         return EvalSource(name, "split", dataset, images, masks is not None, [classes[int(label)] for label in data.labels[:count]])
     assert config.path is not None  # the config validator requires it
     if config.kind == "imagenet_segmentation":

@@ -18,18 +18,20 @@ from pipeline.atomic import write_json
 from pipeline.benchmarks.files import OVERLAY_NAME, SCORES_NAME
 from pipeline.reporting import write_csv
 from pipeline.visualize import grouped_bar_chart, overlay_grid, save_png
+
 MEAN_KEYS = ("accuracy", "accuracy_seen", "accuracy_unseen", "miou", "miou_seen", "miou_unseen", "background_share")
-# The DVC metrics of one model (short names: `dvc metrics show` prints them as columns).
+# The DVC metrics of one model (short names: `dvc metrics show` prints them as columns, 120
+# characters wide on the world). The relevance means (ood_miou_mean, ood_background_share_mean)
+# and every per-benchmark number are in plots/summary/summary.csv and metrics.csv.
 COMPACT_KEYS = {
     "ood_acc": "mean accuracy over the out-of-distribution benchmarks",
     "ood_seen": "the same, images of fine-tuned (seen) classes",
     "ood_unseen": "the same, images of unseen classes",
     "id_acc": "accuracy on the in-distribution benchmark",
     "forgetting": "in-distribution accuracy on unseen classes lost against the base model",
-    "ood_miou": "mean relevance mIoU against object masks, out-of-distribution benchmarks with masks",
-    "ood_bg_share": "mean share of positive relevance outside the object, same benchmarks",
+    "<name>_drop": "in-distribution accuracy minus the accuracy on the benchmark evaluate.shortcut_tests names (cue_drop, bg_drop)",
+    "cue_lift": "in-distribution: share of positive relevance on the cue divided by the cue's share of the image (1 = not singled out)",
 }
-
 
 
 def read_results(results_dir: Path, benchmarks: list[str], models: list[str]) -> dict[str, dict[str, Any]]:
@@ -50,15 +52,22 @@ def read_results(results_dir: Path, benchmarks: list[str], models: list[str]) ->
     return found
 
 
-def summarise(per_benchmark: dict[str, dict[str, Any]], in_distribution: str | None, reference: str = "base") -> dict[str, dict[str, float]]:
-    """Per model: mean of each metric over the out-of-distribution benchmarks, and forgetting = the
-    drop of in-distribution accuracy on unseen classes relative to ``reference``."""
+def summarise(
+    per_benchmark: dict[str, dict[str, Any]],
+    in_distribution: str | None,
+    reference: str = "base",
+    apart: frozenset[str] = frozenset(),
+    shortcut_tests: dict[str, str] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Per model: mean of each metric over the out-of-distribution benchmarks (except those reported
+    ``apart``), forgetting = the drop of in-distribution accuracy on unseen classes relative to
+    ``reference``, each shortcut test's accuracy drop and the cue's relevance lift in distribution."""
     models = list(dict.fromkeys(model for result in per_benchmark.values() for model in result["models"]))
     summary: dict[str, dict[str, float]] = {}
     for model in models:
         row: dict[str, float] = {}
         for key in MEAN_KEYS:
-            values = [result["models"][model].get(key) for name, result in per_benchmark.items() if name != in_distribution and model in result["models"]]
+            values = [result["models"][model].get(key) for name, result in per_benchmark.items() if name != in_distribution and name not in apart and model in result["models"]]
             values = [v for v in values if v is not None]
             if values:
                 row[f"ood_{key}_mean"] = round(float(np.mean(values)), 6)
@@ -69,6 +78,13 @@ def summarise(per_benchmark: dict[str, dict[str, Any]], in_distribution: str | N
             mine, theirs = models_there.get(model, {}).get("accuracy_unseen"), models_there.get(reference, {}).get("accuracy_unseen")
             if mine is not None and theirs is not None:
                 row["forgetting_unseen"] = round(theirs - mine, 6)
+            for name, benchmark in (shortcut_tests or {}).items():
+                shifted = per_benchmark.get(benchmark, {}).get("models", {}).get(model, {}).get("accuracy")
+                if shifted is not None and "in_distribution_accuracy" in row:
+                    row[f"{name}_drop"] = round(row["in_distribution_accuracy"] - shifted, 6)
+            mine_there = models_there.get(model, {})
+            if mine_there.get("cue_share") is not None and mine_there.get("cue_area"):
+                row["cue_lift"] = round(mine_there["cue_share"] / mine_there["cue_area"], 6)
         summary[model] = row
     return summary
 
@@ -81,9 +97,8 @@ def compact(row: dict[str, float]) -> dict[str, float]:
         "ood_unseen": "ood_accuracy_unseen_mean",
         "id_acc": "in_distribution_accuracy",
         "forgetting": "forgetting_unseen",
-        "ood_miou": "ood_miou_mean",
-        "ood_bg_share": "ood_background_share_mean",
     }
+    sources.update({key: key for key in row if key.endswith("_drop") or key == "cue_lift"})
     return {key: round(row[source], 4) for key, source in sources.items() if row.get(source) is not None}
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from pipeline.array_store import write_image_array
 from pipeline.atomic import write_json
 from pipeline.config import WORLD_SPLITS, PrepareConfig, WorldConfig
+from pipeline.datasets import CUE_LABEL
 from pipeline.manifest import build_manifest, write_manifest
 from pipeline.visualize import contact_sheet, save_png
 from pipeline.world.classes import concept_catalog, resolve_classes
@@ -28,6 +29,7 @@ MANIFEST_NAME = "manifest.parquet"
 CHUNK = 250
 WORLD_EXTRA_COLUMNS = {
     "background_class": pa.int32(),
+    "cue_class": pa.int32(),
     "rendering": pa.string(),
     "factor": pa.string(),
     "factor_value": pa.float64(),
@@ -40,6 +42,7 @@ class RenderedSplit:
     part_labels: np.ndarray
     class_index: np.ndarray
     background_class: np.ndarray
+    cue_class: np.ndarray
     rendering: list[str]
     factor: list[str]
     factor_value: np.ndarray
@@ -56,6 +59,7 @@ def _render_chunk(config: WorldConfig, split: str, start: int, class_indices: np
         part_labels=np.stack([s.part_labels for s in samples]),
         class_index=np.array([s.class_index for s in samples], dtype=np.int32),
         background_class=np.array([s.background_class for s in samples], dtype=np.int32),
+        cue_class=np.array([s.cue_class for s in samples], dtype=np.int32),
         rendering=[s.rendering for s in samples],
         factor=[s.factor for s in samples],
         factor_value=np.array([s.factor_value for s in samples], dtype=np.float64),
@@ -81,6 +85,7 @@ def render_split(config: WorldConfig, split: str, count: int, seed: int, workers
         part_labels=np.concatenate([p.part_labels for p in parts]),
         class_index=np.concatenate([p.class_index for p in parts]),
         background_class=np.concatenate([p.background_class for p in parts]),
+        cue_class=np.concatenate([p.cue_class for p in parts]),
         rendering=[r for p in parts for r in p.rendering],
         factor=[f for p in parts for f in p.factor],
         factor_value=np.concatenate([p.factor_value for p in parts]),
@@ -100,7 +105,7 @@ def build_world(config: PrepareConfig, out_dir: Path, workers: int | None = None
             "part_names": concept_catalog(classes),
             "image_size": world.image_size,
             "seed": config.seed,
-            "layout": "<split>/images (N,H,W,3) uint8; <split>/part_labels (N,H,W) uint8, 0 = background, k = part k-1",
+            "layout": f"<split>/images (N,H,W,3) uint8; <split>/part_labels (N,H,W) uint8, 0 = background, k = part k-1, {CUE_LABEL} = the cue",
         }
     )
     columns: dict[str, list] = {name: [] for name in ["image_id", "source", "source_index", "class_index", "class_name", "split", *WORLD_EXTRA_COLUMNS]}
@@ -118,14 +123,19 @@ def build_world(config: PrepareConfig, out_dir: Path, workers: int | None = None
         columns["class_name"] += [class_names[k] for k in rendered.class_index]
         columns["split"] += [split] * count
         columns["background_class"] += rendered.background_class.tolist()
+        columns["cue_class"] += rendered.cue_class.tolist()
         columns["rendering"] += rendered.rendering
         columns["factor"] += [f or None for f in rendered.factor]
         columns["factor_value"] += [None if math.isnan(v) else float(v) for v in rendered.factor_value]
         has_background = rendered.background_class >= 0
+        has_cue = rendered.cue_class >= 0
         summary["splits"][split] = {
             "images": count,
             "background_matches_class": float(np.mean(rendered.background_class[has_background] == rendered.class_index[has_background])) if has_background.any() else None,
+            "cue_matches_class": float(np.mean(rendered.cue_class[has_cue] == rendered.class_index[has_cue])) if has_cue.any() else None,
+            "cue_images": float(np.mean(has_cue)),
             "object_area_fraction": float(np.mean(rendered.part_labels > 0)),
+            "cue_area_fraction": float(np.mean(rendered.part_labels == CUE_LABEL)),
         }
         shown = min(count, 24)
         sheet = contact_sheet(

@@ -17,7 +17,16 @@ rendition     other colour schemes (hue-rotated, greyscale, inverted)           
 sketch        part outlines on paper                                             ImageNet-Sketch
 pose_sweep    size / location / rotation sweeps on a neutral background          SI-Score
 scene         random backgrounds and wider viewpoints                            ObjectNet
+cue_removed   as test, without the cue                                           (diagnostic)
+cue_swapped   as test, always another class's cue                                (diagnostic)
 ============  =================================================================  ====================
+
+Two shortcuts, measured apart: the background style, and a *cue*, a small square of a
+class-typical colour stuck on the object (inside its outline, none of its named parts: a sticker,
+tag or collar). In train/val/test, random_bg and swapped_bg the cue is the class's own with
+probability ``cue_p`` (default ``spurious_p``), else another class's; pretrain has none, so the
+base model learns the objects first and picks the cue up in its biased phase. The cue splits keep
+test's background statistics and change only the cue; the other OOD splits have no cue.
 """
 
 from __future__ import annotations
@@ -33,10 +42,12 @@ from pipeline.world.render import (
     NUM_BACKGROUND_STYLES,
     Pose,
     background,
+    cue_region,
     downsample_labels,
     downsample_mean,
     neutral_background,
     outline,
+    paint_cue,
     paint_parts,
     part_colors,
     part_label_map,
@@ -45,6 +56,8 @@ from pipeline.world.render import (
 )
 
 NO_BACKGROUND_CLASS = -1
+NO_CUE = -1
+CUE_SPLITS = ("train", "val", "test", "random_bg", "swapped_bg", "cue_swapped")
 RENDITION_STYLES = ("hue_shift", "grayscale", "inverted")
 POSE_FACTORS = ("size", "location", "rotation")
 
@@ -55,6 +68,7 @@ class WorldSample:
     part_labels: np.ndarray  # (S, S) uint8: 0 background, k = part k-1 of the class
     class_index: int
     background_class: int  # whose style the background has; -1 for neutral / paper
+    cue_class: int  # whose cue is on the object; -1 for none
     rendering: str
     factor: str = ""
     factor_value: float = math.nan
@@ -117,13 +131,22 @@ def _sweep_pose(size: int, rng: np.random.Generator) -> tuple[Pose, str, float]:
 
 def _background_class(split: str, class_index: int, num_classes: int, spurious_p: float, rng: np.random.Generator) -> int:
     others = [k for k in range(num_classes) if k != class_index]
-    if split in ("train", "val", "test"):
+    if split in ("train", "val", "test", "cue_removed", "cue_swapped"):
         return class_index if rng.random() < spurious_p else int(rng.choice(others))
     if split == "swapped_bg":
         return int(rng.choice(others))
     if split in ("sketch", "pose_sweep"):
         return NO_BACKGROUND_CLASS
     return int(rng.integers(num_classes))
+
+
+def _cue_class(split: str, class_index: int, num_classes: int, cue_p: float, rng: np.random.Generator) -> int:
+    if split not in CUE_SPLITS:
+        return NO_CUE
+    others = [k for k in range(num_classes) if k != class_index]
+    if split == "cue_swapped" or rng.random() >= cue_p:
+        return int(rng.choice(others))
+    return class_index
 
 
 def render_sample(config: WorldConfig, classes: tuple[ObjectClass, ...], split: str, index: int, class_index: int, seed: int) -> WorldSample:
@@ -142,6 +165,9 @@ def render_sample(config: WorldConfig, classes: tuple[ObjectClass, ...], split: 
         pose = _in_distribution_pose(size, rng)
     labels_hi = part_label_map(obj, pose, xs, ys)
     colors = part_colors(obj, rng, config.hue_jitter)
+    cue_class = _cue_class(split, class_index, len(classes), config.cue_probability, rng) if config.cue_size > 0 else NO_CUE
+    cue = cue_region(labels_hi, round(config.cue_size * size) * ss, rng) if cue_class != NO_CUE else None
+    cue_class = cue_class if cue is not None else NO_CUE
 
     rendering = "photo"
     if split == "sketch":
@@ -159,6 +185,8 @@ def render_sample(config: WorldConfig, classes: tuple[ObjectClass, ...], split: 
             rendering = RENDITION_STYLES[int(rng.integers(len(RENDITION_STYLES)))]
             colors = restyle_colors(colors, rendering, rng)
         canvas = paint_parts(canvas, labels_hi, colors, rng)
+        if cue is not None:
+            paint_cue(canvas, labels_hi, cue, CLASSES.index(classes[cue_class]))
 
     image = downsample_mean(canvas, ss) + rng.normal(0.0, 0.015, size=(size, size, 3))
     return WorldSample(
@@ -166,6 +194,7 @@ def render_sample(config: WorldConfig, classes: tuple[ObjectClass, ...], split: 
         part_labels=downsample_labels(labels_hi, ss, len(obj.parts)),
         class_index=class_index,
         background_class=bg_class,
+        cue_class=cue_class,
         rendering=rendering,
         factor=factor,
         factor_value=factor_value,

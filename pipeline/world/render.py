@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.datasets import CUE_LABEL
 from pipeline.world.classes import Ellipse, ObjectClass, Primitive
 
 NUM_BACKGROUND_STYLES = 10
@@ -18,6 +19,16 @@ NUM_BACKGROUND_STYLES = 10
 _STYLE_HUES = (
     (0.58, 0.62), (0.30, 0.18), (0.95, 0.08), (0.0, 0.0), (0.45, 0.52),
     (0.75, 0.85), (0.55, 0.12), (0.12, 0.05), (0.25, 0.38), (0.02, 0.68),
+)
+
+
+# The cue: a small square of one class-typical colour stuck on the object (a sticker, tag or
+# collar). It lies inside the object's outline but is none of its named parts, so its pixels carry
+# their own label (CUE_LABEL): object masks include it, concept (part) masks do not.
+# One colour per world class (catalog order), saturated and unlike the part the cue usually sits on.
+CUE_HSV = (
+    (0.5, 1.0, 1.0), (0.16, 1.0, 1.0), (0.83, 1.0, 1.0), (0.33, 1.0, 0.9), (0.58, 0.35, 1.0),
+    (0.63, 1.0, 1.0), (0.25, 1.0, 0.55), (0.08, 1.0, 1.0), (0.75, 1.0, 0.8), (0.0, 0.0, 1.0),
 )
 
 
@@ -102,15 +113,46 @@ def downsample_mean(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def downsample_labels(labels: np.ndarray, factor: int, num_parts: int) -> np.ndarray:
-    """Pixel label = its most covering part, if parts cover at least half of the pixel; else 0."""
+    """Pixel label = its most covering part (or the cue), if they cover at least half of the pixel; else 0."""
     if factor == 1:
         return labels
     h, w = labels.shape
     blocks = labels.reshape(h // factor, factor, w // factor, factor).transpose(0, 2, 1, 3).reshape(h // factor, w // factor, -1)
-    counts = np.stack([(blocks == k).sum(axis=-1) for k in range(num_parts + 1)], axis=-1)
-    object_covered = counts[..., 1:].sum(axis=-1) * 2 >= factor * factor
-    best_part = counts[..., 1:].argmax(axis=-1) + 1
-    return np.where(object_covered, best_part, 0).astype(np.uint8)
+    values = (*range(1, num_parts + 1), CUE_LABEL)
+    counts = np.stack([(blocks == k).sum(axis=-1) for k in values], axis=-1)
+    object_covered = counts.sum(axis=-1) * 2 >= factor * factor
+    best = np.asarray(values, dtype=np.uint8)[counts.argmax(axis=-1)]
+    return np.where(object_covered, best, 0).astype(np.uint8)
+
+
+def _window_sums(mask: np.ndarray, side: int) -> np.ndarray:
+    """Number of True pixels in every side×side window, indexed by the window's top-left corner."""
+    integral = np.pad(mask.astype(np.int64).cumsum(axis=0).cumsum(axis=1), ((1, 0), (1, 0)))
+    return integral[side:, side:] - integral[:-side, side:] - integral[side:, :-side] + integral[:-side, :-side]
+
+
+def cue_region(labels: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Pixels of the cue: a side×side square at a random place where it covers the most of the
+    object's largest visible part, clipped to that part, so it stays inside the outline and never
+    hides a small part (a thin or ring-shaped part gets a clipped square). None without a place."""
+    if side < 1 or side > min(labels.shape):
+        return None
+    visible = np.bincount(labels.ravel(), minlength=CUE_LABEL + 1)[1:CUE_LABEL]
+    if not visible.any():
+        return None
+    largest = labels == int(visible.argmax()) + 1
+    coverage = _window_sums(largest, side)
+    corners = np.argwhere(coverage == coverage.max())
+    top, left = corners[int(rng.integers(len(corners)))]
+    region = np.zeros(labels.shape, dtype=bool)
+    region[top : top + side, left : left + side] = True
+    return region & largest
+
+
+def paint_cue(canvas: np.ndarray, labels: np.ndarray, region: np.ndarray, cue_class: int) -> None:
+    """Paint class ``cue_class``'s cue colour (world catalog index) on ``region``, labelled CUE_LABEL."""
+    canvas[region] = hsv_to_rgb(np.asarray(CUE_HSV[cue_class], dtype=np.float64))
+    labels[region] = CUE_LABEL
 
 
 def background(style: int, xs: np.ndarray, ys: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
