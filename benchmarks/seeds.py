@@ -25,6 +25,15 @@ from typing import Any
 import yaml
 
 METRICS = ("accuracy_seen", "accuracy_unseen", "miou", "background_share")
+PAIRED_KEYS = ("ood_acc", "ood_seen", "ood_unseen", "forgetting", "cue_drop", "bg_drop", "cue_lift")
+# Student's t, 0.975 quantile, for 1..30 degrees of freedom (checked against the t density by
+# numerical integration in tests/test_seeds_benchmark.py); more seeds keep the value for 30, a
+# little wider than exact.
+T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)
 
 
 def check_reusable(root: Path, params: dict[str, Any]) -> None:
@@ -121,16 +130,51 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def paired_interval(values: list[float], references: list[float]) -> tuple[float, float, float]:
+    """Mean of the per-seed differences and its 95% t interval: (mean, low, high)."""
+    differences = [value - reference for value, reference in zip(values, references, strict=True)]
+    mean = statistics.mean(differences)
+    if len(differences) < 2:
+        return mean, float("nan"), float("nan")
+    df = len(differences) - 1
+    half = T_975[min(df, len(T_975)) - 1] * statistics.stdev(differences) / len(differences) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def paired_table(results: list[dict[str, Any]], references: list[str]) -> str:
+    """Each model minus each reference model, per summary metric: mean difference over seeds [95% interval]."""
+    models = list(results[0]["summary"])
+    lines = ["| metric | model | " + " | ".join(f"− {reference}" for reference in references) + " |", "|---|---|" + "---|" * len(references)]
+    for key in PAIRED_KEYS:
+        for model in models:
+            cells = []
+            for reference in references:
+                pairs = [(r["summary"][model].get(key), r["summary"][reference].get(key)) for r in results]
+                if model == reference or any(a is None or b is None for a, b in pairs):
+                    cells.append("")
+                    continue
+                mean, low, high = paired_interval([a for a, _ in pairs], [b for _, b in pairs])
+                cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+            if any(cells):
+                lines.append(f"| {key} | {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/cft-seeds"))
     parser.add_argument("--methods", nargs="*", default=None, help="fine-tuning methods (default: the params' finetune.methods); none: the base model alone")
+    parser.add_argument("--against", nargs="*", default=["plain", "fgbg"], help="reference models of the paired differences (those that were run)")
     args = parser.parse_args(argv)
     results = [run_seed(seed, args.params.resolve(), args.work.resolve(), args.methods) for seed in args.seeds]
     print(f"seeds {args.seeds}; cells are mean ± half the range over seeds")
     print(table(results))
+    references = [name for name in args.against if name in results[0]["summary"]]
+    if references and len(results) > 1:
+        print(f"\npaired differences over seeds {args.seeds}: mean [95% t interval]")
+        print(paired_table(results, references))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import statistics
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -46,6 +48,7 @@ def test_one_table_over_seeds_with_every_benchmark(tmp_path: Path, capsys: pytes
     assert first != second  # the seed reaches data, subset, base and fine-tuning
     spread = [line for line in table.splitlines() if line.startswith("| test | accuracy_seen |")]
     assert spread and "±" in spread[0]
+    assert "paired differences over seeds [3, 4]" in table and "| ood_acc | cft | " in table  # against plain (fgbg was not run)
 
 
 def test_outputs_of_other_code_or_params_are_not_reused(tmp_path: Path) -> None:
@@ -64,3 +67,29 @@ def test_outputs_of_other_code_or_params_are_not_reused(tmp_path: Path) -> None:
     (root / "stamp.json").write_text(json.dumps({**stamp, "code": "0" * 64}))
     with pytest.raises(SystemExit, match="made with different pipeline code;"):
         seeds.check_reusable(root, with_method)
+
+
+def student_t_cdf_above_zero(quantile: float, df: int, steps: int = 20000) -> float:
+    """∫_0^q of Student's t density (Simpson's rule): an independent check of the table."""
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    density = [math.exp(log_norm - (df + 1) / 2 * math.log1p((quantile * i / steps) ** 2 / df)) for i in range(steps + 1)]
+    h = quantile / steps
+    return h / 3 * (density[0] + density[-1] + 4 * sum(density[1:-1:2]) + 2 * sum(density[2:-1:2]))
+
+
+def test_t_quantiles_are_the_975_points() -> None:
+    seeds = load_seeds_script()
+    for df, quantile in enumerate(seeds.T_975, start=1):
+        assert student_t_cdf_above_zero(quantile, df) == pytest.approx(0.475, abs=2e-4), df
+
+
+def test_paired_differences_by_hand() -> None:
+    seeds = load_seeds_script()
+    mean, low, high = seeds.paired_interval([0.7, 0.8, 0.6], [0.6, 0.6, 0.6])
+    differences = [0.1, 0.2, 0.0]
+    half = 4.303 * statistics.stdev(differences) / math.sqrt(3)
+    assert mean == pytest.approx(0.1) and low == pytest.approx(0.1 - half) and high == pytest.approx(0.1 + half)
+    results = [{"summary": {"plain": {"ood_acc": r}, "cft": {"ood_acc": v}, "base": {}}} for v, r in ((0.7, 0.6), (0.8, 0.6), (0.6, 0.6))]
+    table = seeds.paired_table(results, ["plain"])
+    assert f"| ood_acc | cft | +0.100 [{0.1 - half:+.3f}, {0.1 + half:+.3f}] |" in table
+    assert "| ood_acc | plain |" not in table and "| ood_acc | base |" not in table
