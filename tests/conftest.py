@@ -6,11 +6,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import pyarrow as pa  # noqa: E402
 import pytest  # noqa: E402
 
 from pipeline.config import PrepareConfig, WorldConfig  # noqa: E402
+from pipeline.manifest import read_manifest  # noqa: E402
 
 TINY_SPLITS = {
     "pretrain": 40, "train": 60, "val": 20, "test": 30, "random_bg": 20,
@@ -31,3 +34,15 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("world")
     build_world(tiny_prepare_config(), out, workers=1)
     return out
+
+
+@pytest.fixture(scope="module")
+def manifest(tiny_world: Path) -> pa.Table:
+    """The tiny world's manifest."""
+    return read_manifest(tiny_world / "manifest.parquet")
+
+
+@pytest.fixture(scope="module")
+def world_concepts(tiny_world: Path) -> dict[str, list[str]]:
+    """The tiny world's concept catalog (its part names)."""
+    return json.loads((tiny_world / "world.json").read_text())["concepts"]

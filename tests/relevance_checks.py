@@ -15,6 +15,24 @@ from pipeline.relevance.attnlrp import attnlrp, attnlrp_rules
 Objective = Callable[[], torch.Tensor]
 
 
+def directional_difference(loss: Callable[[], float], parameter: torch.Tensor, direction: torch.Tensor, step: float = 1e-6) -> float:
+    """Central difference of ``loss`` along ``direction`` in ``parameter`` (restored afterwards)."""
+    values = []
+    for sign in (1.0, -1.0):
+        with torch.no_grad():
+            parameter.add_(sign * step * direction)
+        values.append(loss())
+        with torch.no_grad():
+            parameter.sub_(sign * step * direction)
+    return (values[0] - values[1]) / (2 * step)
+
+
+def unit_direction(shape: torch.Size, seed: int) -> torch.Tensor:
+    """A seeded random float64 direction of norm 1."""
+    direction = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return direction / direction.norm()
+
+
 def assert_gradients_match_finite_differences(model: nn.Module, objective: Objective, probed: list[tuple[str, tuple[int, ...]]], step: float = 1e-5) -> None:
     """The autograd gradient of ``objective`` (a function of the relevance map) w.r.t. each probed
     parameter entry equals float64 central differences (truncation ~1e-10, round-off ~1e-9)."""

@@ -14,21 +14,11 @@ from pipeline.array_store import DamagedStoreError, StoreError
 from pipeline.concepts import CONCEPTS_JSON, CONCEPTS_PARQUET, ConceptsError, catalog_concepts, read_concepts, write_concepts
 from pipeline.config import ConceptsConfig
 from pipeline.datasets import CUE_LABEL
-from pipeline.manifest import classes_of, read_manifest
+from pipeline.manifest import classes_of
 from pipeline.mask_store import STORE_NAME, TABLE_NAME, ImageMasks, MaskStore, write_mask_store
 from pipeline.masks_annotated import annotated_masks, resize_masks
 
 CLASSES = ["cat", "dog", "fish"]
-
-
-@pytest.fixture(scope="module")
-def manifest(tiny_world: Path) -> pa.Table:
-    return read_manifest(tiny_world / "manifest.parquet")
-
-
-@pytest.fixture(scope="module")
-def world_concepts(tiny_world: Path) -> dict[str, list[str]]:
-    return json.loads((tiny_world / "world.json").read_text())["concepts"]
 
 
 def yaml_catalog(tmp_path: Path, text: str) -> ConceptsConfig:

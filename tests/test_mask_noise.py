@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 import yaml
 
 from pipeline.config import AnnotatedMasksConfig, ConfigError, MasksConfig, load_section
-from pipeline.manifest import read_manifest
 from pipeline.mask_noise import SMALL_AREA, _grow, concept_rng, degrade_mask, leak_box, miss_probability
 from pipeline.mask_store import ImageMasks, write_mask_store
 from pipeline.masks_annotated import annotated_masks
@@ -168,16 +166,6 @@ def test_cue_region_is_no_part_but_leakage_may_cover_it() -> None:
 
 
 # --- the annotated backend --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def manifest(tiny_world: Path) -> pa.Table:
-    return read_manifest(tiny_world / "manifest.parquet")
-
-
-@pytest.fixture(scope="module")
-def world_concepts(tiny_world: Path) -> dict[str, list[str]]:
-    return json.loads((tiny_world / "world.json").read_text())["concepts"]
 
 
 def train_ids(manifest: pa.Table) -> list[str]:

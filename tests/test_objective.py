@@ -12,6 +12,7 @@ from pipeline.config import RelevanceObjective
 from pipeline.objective import BCE_MARGIN, alignment_terms, background_share, normalise_relevance, relevance_loss, self_label_cross_entropy
 from pipeline.relevance.attnlrp import attnlrp
 from pipeline.training import joint_augment
+from tests.relevance_checks import directional_difference, unit_direction
 
 
 def objective(**values: object) -> RelevanceObjective:
@@ -254,18 +255,9 @@ def test_cft_loss_gradient_matches_finite_differences(loss: str) -> None:
     float32_gradients = torch.autograd.grad(cft_loss(model, x, targets, masks, config), probed)
     # float32 rounds 1 - BCE_MARGIN to 1 - 1.013e-6, which shifts the BCE of saturated pixels.
     assert cft_loss(model, x, targets, masks, config).item() == pytest.approx(exact.item(), rel=1e-3 if loss == "bce" else 1e-5)
-    step = 1e-6
     for index, (name, parameter, gradient) in enumerate(zip(PROBED, probed, gradients, strict=True)):
-        direction = torch.randn(parameter.shape, generator=torch.Generator().manual_seed(10 + index), dtype=torch.float64)
-        direction /= direction.norm()
-        values = []
-        for sign in (1.0, -1.0):
-            with torch.no_grad():
-                parameter.add_(sign * step * direction)
-            values.append(cft_loss_float64(model, x, targets, masks, config).item())
-            with torch.no_grad():
-                parameter.sub_(sign * step * direction)
-        numeric = (values[0] - values[1]) / (2 * step)
+        direction = unit_direction(parameter.shape, 10 + index)
+        numeric = directional_difference(lambda: cft_loss_float64(model, x, targets, masks, config).item(), parameter, direction)
         analytic = (gradient * direction).sum().item()
         assert abs(numeric) > 1e-5, f"{name}: the loss barely depends on it"
         assert analytic == pytest.approx(numeric, rel=1e-4), name

@@ -28,6 +28,7 @@ from pipeline.objective import (
     relevance_loss,
 )
 from pipeline.relevance.attnlrp import attnlrp
+from tests.relevance_checks import directional_difference, unit_direction
 from tests.test_objective import PROBED, cross_entropy_by_hand, fd_inputs, objective, tiny_vit
 
 # --- configuration -----------------------------------------------------------------------------
@@ -348,20 +349,12 @@ def test_option_gradients_match_finite_differences(values: dict[str, object], mo
 
     assert loss_with(held=True) == pytest.approx(exact.item(), rel=1e-12)
 
-    def difference(parameter: torch.Tensor, direction: torch.Tensor, held: bool, step: float = 1e-6) -> float:
-        losses = []
-        for sign in (1.0, -1.0):
-            with torch.no_grad():
-                parameter.add_(sign * step * direction)
-            losses.append(loss_with(held))
-            with torch.no_grad():
-                parameter.sub_(sign * step * direction)
-        return (losses[0] - losses[1]) / (2 * step)
+    def difference(parameter: torch.Tensor, direction: torch.Tensor, held: bool) -> float:
+        return directional_difference(lambda: loss_with(held), parameter, direction)
 
     moving_disagrees = []
     for index, (name, parameter, gradient) in enumerate(zip(PROBED, probed, gradients, strict=True)):
-        direction = torch.randn(parameter.shape, generator=torch.Generator().manual_seed(20 + index), dtype=torch.float64)
-        direction /= direction.norm()
+        direction = unit_direction(parameter.shape, 20 + index)
         numeric = difference(parameter, direction, held=True)
         analytic = (gradient * direction).sum().item()
         assert abs(numeric) > 1e-5, f"{name}: the loss barely depends on it"

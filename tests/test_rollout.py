@@ -11,6 +11,7 @@ from torch import nn
 import pipeline.dinov2_classifier  # noqa: F401  (registers dinov2_*_lc with timm)
 from pipeline.objective import normalise_relevance
 from pipeline.relevance.rollout import attention_capture, rollout
+from tests.relevance_checks import directional_difference, unit_direction
 
 SIZE, PATCH = 32, 8
 TINY = dict(pretrained=False, num_classes=5, img_size=SIZE, patch_size=PATCH, embed_dim=48, depth=2, num_heads=3)
@@ -198,20 +199,11 @@ def test_gradient_matches_finite_differences_of_the_detached_function() -> None:
     gradients = torch.autograd.grad((rollout(model, x, targets, create_graph=True).upsampled() * MASK).sum(), probed)
     frozen = [reference(model, x[i : i + 1], int(targets[i]))[1] for i in range(len(x))]
     frozen = [[layer.detach() for layer in image] for image in frozen]
-    step = 1e-6
     for index, (name, parameter, gradient) in enumerate(zip(PROBED, probed, gradients, strict=True)):
-        direction = torch.randn(parameter.shape, generator=torch.Generator().manual_seed(20 + index), dtype=torch.float64)
-        direction /= direction.norm()
-        held, full = [], []
-        for sign in (1.0, -1.0):
-            with torch.no_grad():
-                parameter.add_(sign * step * direction)
-            held.append(reference_loss(model, x, targets, frozen).item())
-            full.append(reference_loss(model, x, targets).item())
-            with torch.no_grad():
-                parameter.sub_(sign * step * direction)
+        direction = unit_direction(parameter.shape, 20 + index)
         analytic = (gradient * direction).sum().item()
-        numeric, numeric_full = (held[0] - held[1]) / (2 * step), (full[0] - full[1]) / (2 * step)
+        numeric = directional_difference(lambda: reference_loss(model, x, targets, frozen).item(), parameter, direction)
+        numeric_full = directional_difference(lambda: reference_loss(model, x, targets).item(), parameter, direction)
         assert abs(numeric) > 1e-3, f"{name}: the loss barely depends on it"
         assert analytic == pytest.approx(numeric, rel=1e-5), name
         assert abs(numeric_full - analytic) > 1e-2 * abs(analytic), f"{name}: frozen and full gradients agree, the check proves nothing"

@@ -9,6 +9,7 @@ from torch import nn
 
 from pipeline.rrr import calibrated_weight, log_probability_input_gradient, masked_gradient_penalty, rrr_loss
 from pipeline.training import autocast
+from tests.relevance_checks import directional_difference, unit_direction
 
 CLASSES, SIZE = 3, 4
 
@@ -120,18 +121,9 @@ def test_parameter_gradient_matches_finite_differences() -> None:
     parameters = dict(model.named_parameters())
     probed = [parameters[name] for name in PROBED]
     gradients = torch.autograd.grad(rrr_loss(model, x, labels, masks, penalty_weight=3.0)[0], probed)
-    step = 1e-6
     for index, (name, parameter, gradient) in enumerate(zip(PROBED, probed, gradients, strict=True)):
-        direction = torch.randn(parameter.shape, generator=torch.Generator().manual_seed(10 + index), dtype=torch.float64)
-        direction /= direction.norm()
-        values = []
-        for sign in (1.0, -1.0):
-            with torch.no_grad():
-                parameter.add_(sign * step * direction)
-            values.append(rrr_loss(model, x, labels, masks, penalty_weight=3.0)[0].item())
-            with torch.no_grad():
-                parameter.sub_(sign * step * direction)
-        numeric = (values[0] - values[1]) / (2 * step)
+        direction = unit_direction(parameter.shape, 10 + index)
+        numeric = directional_difference(lambda: rrr_loss(model, x, labels, masks, penalty_weight=3.0)[0].item(), parameter, direction)
         analytic = (gradient * direction).sum().item()
         assert abs(numeric) > 1e-4, f"{name}: the loss barely depends on it"
         assert analytic == pytest.approx(numeric, rel=1e-5), name
