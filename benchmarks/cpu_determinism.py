@@ -33,8 +33,8 @@ SETTINGS = {
 TRAIN = """
 import hashlib, json, sys, time
 import torch
-from pipeline.base_training import train_base
-from pipeline.config import BaseConfig
+from pipeline.training.base import train_base
+from pipeline.config.base import BaseConfig
 config = BaseConfig(model="vit_tiny_patch16_224", model_kwargs={"patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 3},
                     phases=[{"split": "pretrain", "epochs": 1}], batch_size=64, warmup_steps=5, device="cpu", allow_chance=True)
 started = time.perf_counter()
@@ -47,15 +47,33 @@ print(json.dumps({"sha256": digest[:16], "seconds": round(time.perf_counter() - 
 def main() -> None:
     repo = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(repo))
-    from pipeline.config import PrepareConfig, WorldConfig
-    from pipeline.world.build import build_world
+    from pipeline.config.data import PrepareConfig, WorldConfig
+    from pipeline.data.world.build import build_world
 
     with tempfile.TemporaryDirectory() as folder:
-        sizes = {"pretrain": 512, "train": 64, "val": 64, "test": 64, "random_bg": 8, "swapped_bg": 8, "rendition": 8, "sketch": 8, "pose_sweep": 8, "scene": 8}
+        sizes = {
+            "pretrain": 512,
+            "train": 64,
+            "val": 64,
+            "test": 64,
+            "random_bg": 8,
+            "swapped_bg": 8,
+            "rendition": 8,
+            "sketch": 8,
+            "pose_sweep": 8,
+            "scene": 8,
+        }
         build_world(PrepareConfig(world=WorldConfig(split_sizes=sizes)), Path(folder), workers=1)
         print("| setting | weights sha256 | train seconds | ATen kernels |\n|---|---|---|---|")
         for name, env in SETTINGS.items():
-            result = subprocess.run([sys.executable, "-c", TRAIN, str(Path(folder) / "manifest.parquet")], env={**os.environ, **env}, cwd=repo, capture_output=True, text=True, check=True)
+            result = subprocess.run(
+                [sys.executable, "-c", TRAIN, str(Path(folder) / "manifest.parquet")],
+                env={**os.environ, **env},
+                cwd=repo,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             row = json.loads(result.stdout.strip().splitlines()[-1])
             print(f"| {name} | {row['sha256']} | {row['seconds']} | {row['capability']} |", flush=True)
 

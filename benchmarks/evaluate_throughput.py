@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.benchmarks.catalog import read_benchmark  # noqa: E402
 from pipeline.benchmarks.runner import ModelUnderTest, run_benchmark  # noqa: E402
 from pipeline.benchmarks.sources import EvalSource, FileItems  # noqa: E402
-from pipeline.class_names import imagenet_classes  # noqa: E402
-from pipeline.config import EvaluateConfig  # noqa: E402
-from pipeline.models import preprocessing_of  # noqa: E402
-from pipeline.preprocess import InputTransform  # noqa: E402
-from pipeline.training import Normalizer, autocast, resolve_device  # noqa: E402
+from pipeline.config.evaluate import EvaluateConfig  # noqa: E402
+from pipeline.data.class_names import imagenet_classes  # noqa: E402
+from pipeline.data.preprocess import InputTransform  # noqa: E402
+from pipeline.models.factory import preprocessing_of  # noqa: E402
+from pipeline.utils.device import Normalizer, autocast, resolve_device  # noqa: E402
 
 
 def fake_imagenet_val(root: Path, count: int, classes: int = 50) -> None:
@@ -62,14 +62,23 @@ def main() -> None:
     preprocessing = preprocessing_of(model, None)
     transform = InputTransform.from_preprocessing(preprocessing)
     entry = ModelUnderTest("model", model, Normalizer(preprocessing["mean"], preprocessing["std"]).to(device))
-    config = EvaluateConfig(benchmarks={}, in_distribution=None, batch_size=args.batch_size, workers=args.workers, part_size=10**9, relevance=False)
+    config = EvaluateConfig(
+        benchmarks={},
+        in_distribution=None,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        part_size=10**9,
+        relevance=False,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "val"
         fake_imagenet_val(root, args.images)
         images = read_benchmark("imagefolder", root, imagenet_classes())
         source = EvalSource("val", "imagefolder", FileItems(root, images.files, transform), images, False, [])
 
-        batch = torch.randint(0, 255, (args.batch_size, transform.size, transform.size, 3), dtype=torch.uint8, device=device)
+        batch = torch.randint(
+            0, 255, (args.batch_size, transform.size, transform.size, 3), dtype=torch.uint8, device=device
+        )
         with torch.no_grad(), autocast(device):
             model(entry.normalizer(batch))  # warm-up (CUDA kernels, allocator)
         if device.type == "cuda":
@@ -84,8 +93,12 @@ def main() -> None:
             for _ in range(repeats):
                 model(entry.normalizer(batch)).argmax(1).cpu()
         model_only = time.perf_counter() - started
-    print(f"{args.model} on {device.type} ({torch.get_num_threads()} threads), batch {args.batch_size}, {args.images} JPEGs 500x375")
-    print(f"end to end (decode + resize/crop + model + protocols): {args.images / end_to_end:.1f} img/s ({end_to_end:.1f} s)")
+    print(
+        f"{args.model} on {device.type} ({torch.get_num_threads()} threads), batch {args.batch_size}, {args.images} JPEGs 500x375"
+    )
+    print(
+        f"end to end (decode + resize/crop + model + protocols): {args.images / end_to_end:.1f} img/s ({end_to_end:.1f} s)"
+    )
     print(f"model alone on decoded batches: {repeats * args.batch_size / model_only:.1f} img/s")
 
 

@@ -1,6 +1,6 @@
 """Throughput of the grounded_sam mask backend, and how often each image encoder runs per image.
 
-Runs the backend exactly as `cft masks` does (``pipeline.masks_grounded.grounded_sam_masks``) on
+Runs the backend exactly as `cft masks` does (``pipeline.masks.grounded.grounded_sam_masks``) on
 random images with random-weight models, timing the GroundingDINO calls, SAM's image encoder and
 SAM's decoder separately, and counting encoder passes (Swin backbone and SAM image encoder) per image.
 
@@ -26,12 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import GroundedSamConfig, GroundingDinoConfig, MasksConfig  # noqa: E402
-from pipeline.grounding import ConceptDetector, build_grounding_dino  # noqa: E402
-from pipeline.masks_grounded import GroundedSam, grounded_sam_masks  # noqa: E402
-from pipeline.segmenting import SAM_ARCHITECTURES, BoxSegmenter, build_sam  # noqa: E402
-from pipeline.training import resolve_device  # noqa: E402
-from tests.grounded_models import GROUNDING_OVERRIDES, TINY_SAM, spread_scores, tiny_text_encoder  # noqa: E402
+from pipeline.config.masks import GroundedSamConfig, GroundingDinoConfig, MasksConfig  # noqa: E402
+from pipeline.masks.grounded import GroundedSam, grounded_sam_masks  # noqa: E402
+from pipeline.masks.grounding import ConceptDetector, build_grounding_dino  # noqa: E402
+from pipeline.masks.segmenting import SAM_ARCHITECTURES, BoxSegmenter, build_sam  # noqa: E402
+from pipeline.utils.device import resolve_device  # noqa: E402
+from tests.helpers.grounded_models import GROUNDING_OVERRIDES, TINY_SAM, spread_scores, tiny_text_encoder  # noqa: E402
 
 CONCEPTS = ["long beak", "wings", "red tail", "head", "legs", "body"]
 
@@ -83,17 +83,31 @@ def main() -> None:
 
     if args.models == "small":
         text_encoder = tiny_text_encoder(work / "bert")
-        grounding = GroundingDinoConfig(text_encoder=str(text_encoder), image_size=224, max_size=400, box_threshold=0.0, text_threshold=0.0, max_boxes=args.boxes)
+        grounding = GroundingDinoConfig(
+            text_encoder=str(text_encoder),
+            image_size=224,
+            max_size=400,
+            box_threshold=0.0,
+            text_threshold=0.0,
+            max_boxes=args.boxes,
+        )
         detector_model = build_grounding_dino(grounding, GROUNDING_OVERRIDES)
         spread_scores(detector_model)
         sam = build_sam(TINY_SAM)
     else:
         text_encoder = full_text_encoder(work / "bert")
-        grounding = GroundingDinoConfig(text_encoder=str(text_encoder), box_threshold=0.0, text_threshold=0.0, max_boxes=args.boxes)
+        grounding = GroundingDinoConfig(
+            text_encoder=str(text_encoder), box_threshold=0.0, text_threshold=0.0, max_boxes=args.boxes
+        )
         detector_model = build_grounding_dino(grounding)
         sam = build_sam(SAM_ARCHITECTURES["vit_h"])
     settings = GroundedSamConfig(grounding=grounding, images_per_part=args.images)
-    config = MasksConfig(resolution=224, grounded_sam=settings.model_copy(update={"sam": settings.sam.model_copy(update={"images_per_batch": args.images_per_batch})}))
+    config = MasksConfig(
+        resolution=224,
+        grounded_sam=settings.model_copy(
+            update={"sam": settings.sam.model_copy(update={"images_per_batch": args.images_per_batch})}
+        ),
+    )
 
     watch = Stopwatch(device)
     detector = ConceptDetector(detector_model, grounding, device)
@@ -107,21 +121,51 @@ def main() -> None:
     segmenter.segment = watch.wrap("SAM decoder", segmenter.segment)  # type: ignore[method-assign]
 
     rng = np.random.default_rng(0)
-    images = {f"img/{i}": (rng.random((args.height, args.width, 3)) * 255).astype(np.uint8) for i in range(args.images + 1)}
+    images = {
+        f"img/{i}": (rng.random((args.height, args.width, 3)) * 255).astype(np.uint8) for i in range(args.images + 1)
+    }
     concepts = {"bird": CONCEPTS[: args.concepts]}
     ids = list(images)
     models = GroundedSam(detector, segmenter, {})
     # warm-up on one image (first-call allocations), then the timed run on the others
-    list(grounded_sam_masks(models, config, ids[:1], ["bird"], concepts, lambda batch: [images[i] for i in batch], (224, 224), work / "warm", progress=False))
+    list(
+        grounded_sam_masks(
+            models,
+            config,
+            ids[:1],
+            ["bird"],
+            concepts,
+            lambda batch: [images[i] for i in batch],
+            (224, 224),
+            work / "warm",
+            progress=False,
+        )
+    )
     watch.seconds.clear(), watch.calls.clear(), backbone_passes.clear(), encoder_images.clear()
     started = time.perf_counter()
-    results = list(grounded_sam_masks(models, config, ids[1:], ["bird"] * args.images, concepts, lambda batch: [images[i] for i in batch], (224, 224), work / "run", progress=True))
+    results = list(
+        grounded_sam_masks(
+            models,
+            config,
+            ids[1:],
+            ["bird"] * args.images,
+            concepts,
+            lambda batch: [images[i] for i in batch],
+            (224, 224),
+            work / "run",
+            progress=True,
+        )
+    )
     total = time.perf_counter() - started
 
     count = len(results)
-    print(f"\n{args.models} models on {device.type}: {count} images of {args.width}x{args.height}, {args.concepts} concepts, {args.boxes} boxes each")
+    print(
+        f"\n{args.models} models on {device.type}: {count} images of {args.width}x{args.height}, {args.concepts} concepts, {args.boxes} boxes each"
+    )
     print(f"throughput: {count / total:.2f} images/s ({total / count * 1000:.0f} ms per image)")
-    print(f"Swin backbone passes per image: {len(backbone_passes) / count:.2f} (batch of each pass: {sorted(set(backbone_passes))})")
+    print(
+        f"Swin backbone passes per image: {len(backbone_passes) / count:.2f} (batch of each pass: {sorted(set(backbone_passes))})"
+    )
     print(f"SAM image-encoder images per image: {sum(encoder_images) / count:.2f} in {len(encoder_images)} calls")
     for name, seconds in watch.seconds.items():
         print(f"  {name:14s} {seconds:7.2f} s  {seconds / total:5.1%}  ({watch.calls[name]} calls)")

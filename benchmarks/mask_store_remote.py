@@ -2,7 +2,7 @@
 
 A synthetic store of ``--images`` images with ``--concepts`` masks each (a few random ellipses per
 mask, so it compresses like real part masks, not like noise; fixed seed) is written with
-``pipeline.mask_store.write_mask_store`` into a fresh git + DVC repository, added to DVC, pushed
+``pipeline.masks.store.write_mask_store`` into a fresh git + DVC repository, added to DVC, pushed
 to a local-directory remote, and pulled into a fresh ``git clone``. The pulled store is read back
 with ``MaskStore`` and compared with the original, every image's concept masks and the table.
 Prints the store's size and file count and the seconds of each step (a local remote measures
@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from pipeline.mask_store import ImageMasks, MaskStore, write_mask_store
+from pipeline.masks.store import ImageMasks, MaskStore, write_mask_store
 
 T = TypeVar("T")
 CLASSES = 10
@@ -49,7 +49,9 @@ def ellipse_masks(rng: np.random.Generator, concepts: int, resolution: int) -> n
     return masks
 
 
-def synthetic_results(images: int, concepts: int, resolution: int, seed: int, spent: list[float]) -> Iterator[ImageMasks]:
+def synthetic_results(
+    images: int, concepts: int, resolution: int, seed: int, spent: list[float]
+) -> Iterator[ImageMasks]:
     """The images' masks, streamed; adds the seconds spent drawing them to ``spent[0]``."""
     rng = np.random.default_rng(seed)
     for index in range(images):
@@ -100,7 +102,11 @@ def benchmark(images: int, concepts: int, resolution: int, seed: int, work: Path
 
     drawing = [0.0]
     results = synthetic_results(images, concepts, resolution, seed, drawing)
-    _, write_s = timed(lambda: write_mask_store(repo / STORE_DIR, results, (resolution, resolution), "synthetic", image_count=images, max_concepts=concepts))
+    _, write_s = timed(
+        lambda: write_mask_store(
+            repo / STORE_DIR, results, (resolution, resolution), "synthetic", image_count=images, max_concepts=concepts
+        )
+    )
     files = store_files(repo / STORE_DIR)
     _, add_s = timed(lambda: command(["dvc", "add", "-q", STORE_DIR], repo))
     command([*git, "add", "-A"], repo)
@@ -129,7 +135,12 @@ def main() -> None:
     parser.add_argument("--concepts", type=int, default=6, help="masks per image")
     parser.add_argument("--resolution", type=int, default=224, help="mask side in pixels")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=None, help="empty or new folder, kept afterwards (default: a temporary one, removed)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="empty or new folder, kept afterwards (default: a temporary one, removed)",
+    )
     args = parser.parse_args()
 
     if args.workdir is None:
@@ -140,11 +151,15 @@ def main() -> None:
             parser.error(f"--workdir {args.workdir} is not empty")
         row = benchmark(args.images, args.concepts, args.resolution, args.seed, args.workdir)
 
-    print(f"mask store: {args.images} images × {args.concepts} concepts at {args.resolution}×{args.resolution} ({row['raw_mb']:.0f} MB as bool); pulled store verified identical ({row['verify_s']:.1f} s)")
+    print(
+        f"mask store: {args.images} images × {args.concepts} concepts at {args.resolution}×{args.resolution} ({row['raw_mb']:.0f} MB as bool); pulled store verified identical ({row['verify_s']:.1f} s)"
+    )
     print(f"drawing the synthetic masks took {row['draw_s']:.1f} s (not counted in write)")
     print("| store size (MB) | files | write (s) | dvc add (s) | dvc push (s) | dvc pull (s) |")
     print("|---:|---:|---:|---:|---:|---:|")
-    print(f"| {row['size_mb']:.1f} | {row['files']} | {row['write_s']:.1f} | {row['add_s']:.1f} | {row['push_s']:.1f} | {row['pull_s']:.1f} |")
+    print(
+        f"| {row['size_mb']:.1f} | {row['files']} | {row['write_s']:.1f} | {row['add_s']:.1f} | {row['push_s']:.1f} | {row['pull_s']:.1f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Cost of one relevance-guided training step against one plain step (same model, batch, device).
 
 The guided step is the CFT step of `cft finetune`: the exact, differentiable AttnLRP map, the CFT
-objective on it (``pipeline.objective.relevance_loss``, default weights), back-propagated through
+objective on it (``pipeline.training.objective.relevance_loss``, default weights), back-propagated through
 both; the plain step is forward, cross-entropy, backward.
 
     python benchmarks/relevance_step.py                  # world model and ViT-B/16, random weights
@@ -20,14 +20,26 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import RelevanceObjective
-from pipeline.objective import relevance_loss
+from pipeline.config.finetune import RelevanceObjective
 from pipeline.relevance.attnlrp import attnlrp
-from pipeline.training import autocast, resolve_device
+from pipeline.training.objective import relevance_loss
+from pipeline.utils.device import autocast, resolve_device
 
 MODELS: dict[str, tuple[dict, int, int]] = {
     # name: (timm kwargs, image size, batch size)
-    "world": ({"model_name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4, "embed_dim": 96, "depth": 4, "num_heads": 3, "num_classes": 10}, 32, 64),
+    "world": (
+        {
+            "model_name": "vit_tiny_patch16_224",
+            "img_size": 32,
+            "patch_size": 4,
+            "embed_dim": 96,
+            "depth": 4,
+            "num_heads": 3,
+            "num_classes": 10,
+        },
+        32,
+        64,
+    ),
     "vit_base_patch16_224": ({"model_name": "vit_base_patch16_224", "num_classes": 1000}, 224, 8),
 }
 
@@ -82,8 +94,10 @@ def main() -> None:
 
         plain_s = timed(plain, args.repeats, device)
         guided_s = timed(guided, args.repeats, device)
-        print(f"{name:22s} batch {batch:3d} on {device.type}: plain {plain_s * 1000:8.1f} ms, "
-              f"relevance-guided {guided_s * 1000:8.1f} ms, ratio {guided_s / plain_s:.2f}")
+        print(
+            f"{name:22s} batch {batch:3d} on {device.type}: plain {plain_s * 1000:8.1f} ms, "
+            f"relevance-guided {guided_s * 1000:8.1f} ms, ratio {guided_s / plain_s:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -30,16 +30,43 @@ PAIRED_KEYS = ("ood_acc", "ood_seen", "ood_unseen", "forgetting", "cue_drop", "b
 # numerical integration in tests/test_seeds_benchmark.py); more seeds keep the value for 30, a
 # little wider than exact.
 T_975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
 )
 
 
 def check_reusable(root: Path, params: dict[str, Any]) -> None:
     """Outputs in ``root`` are reused only if the same code made them from the same params (a new
     method may be added); otherwise stop rather than mix stale models into the table."""
-    from pipeline.checkpoint import source_digest
+    from pipeline.utils.checkpoint import source_digest
 
     stamp_path = root / "stamp.json"
     stamp = {"code": source_digest(), "params": params}
@@ -48,7 +75,11 @@ def check_reusable(root: Path, params: dict[str, Any]) -> None:
         changed = [] if old["code"] == stamp["code"] else ["pipeline code"]
         changed += [f"params '{key}'" for key in params if key != "finetune" and old["params"].get(key) != params[key]]
         earlier = old["params"]["finetune"]
-        changed += [f"params 'finetune.{key}'" for key in params["finetune"] if key != "methods" and key in earlier and earlier[key] != params["finetune"][key]]
+        changed += [
+            f"params 'finetune.{key}'"
+            for key in params["finetune"]
+            if key != "methods" and key in earlier and earlier[key] != params["finetune"][key]
+        ]
         if changed:
             raise SystemExit(f"{root}: made with different {', '.join(changed)}; use a new --work folder")
     stamp_path.write_text(json.dumps(stamp, indent=1, sort_keys=True))
@@ -71,20 +102,63 @@ def run_seed(seed: int, params_file: Path, work: Path, methods: list[str] | None
         """Run one stage; ``unless`` names its output, which (from an earlier run) skips it."""
         if unless is not None and Path(unless).exists():
             return
-        subprocess.run([sys.executable, "-m", "stages.cli", *args, "--params", str(root / "params.yaml")], check=True, cwd=Path(__file__).resolve().parents[1])
+        subprocess.run(
+            [sys.executable, "-m", "stages.cli", *args, "--params", str(root / "params.yaml")],
+            check=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
 
     data, subset = str(root / "data/prepared"), str(root / "data/subset")
     cft("prepare", "--out", data, "--subset", subset, "--metrics", str(root / "results/prepare.json"), unless=subset)
-    cft("base", "--data", data, "--out", str(root / "models/base"), "--metrics", str(root / "results/base.json"), "--plots", str(root / "plots/base"), unless=str(root / "models/base"))
+    cft(
+        "base",
+        "--data",
+        data,
+        "--out",
+        str(root / "models/base"),
+        "--metrics",
+        str(root / "results/base.json"),
+        "--plots",
+        str(root / "plots/base"),
+        unless=str(root / "models/base"),
+    )
     if params["finetune"]["methods"]:  # the base model alone needs neither concepts nor masks
         cft("concepts", "--data", data, "--out", str(root / "data/concepts"), unless=str(root / "data/concepts"))
         masks = str(root / "data/masks")
-        cft("masks", "--data", data, "--subset", subset, "--concepts", str(root / "data/concepts"), "--out", masks, "--sheet", str(root / "plots/masks.png"), unless=masks)
+        cft(
+            "masks",
+            "--data",
+            data,
+            "--subset",
+            subset,
+            "--concepts",
+            str(root / "data/concepts"),
+            "--out",
+            masks,
+            "--sheet",
+            str(root / "plots/masks.png"),
+            unless=masks,
+        )
     for method in params["finetune"]["methods"]:
         cft(
-            "finetune", method, "--base", str(root / "models/base"), "--data", data, "--subset", subset, "--masks", str(root / "data/masks"),
-            "--out", str(root / f"models/{method}"), "--checkpoints", str(root / f"checkpoints/{method}"),
-            "--metrics", str(root / f"results/finetune/{method}.json"), "--plots", str(root / f"plots/finetune/{method}"),
+            "finetune",
+            method,
+            "--base",
+            str(root / "models/base"),
+            "--data",
+            data,
+            "--subset",
+            subset,
+            "--masks",
+            str(root / "data/masks"),
+            "--out",
+            str(root / f"models/{method}"),
+            "--checkpoints",
+            str(root / f"checkpoints/{method}"),
+            "--metrics",
+            str(root / f"results/finetune/{method}.json"),
+            "--plots",
+            str(root / f"plots/finetune/{method}"),
             unless=str(root / f"models/{method}"),
         )
     models = ["base", *params["finetune"]["methods"]]
@@ -97,11 +171,30 @@ def run_seed(seed: int, params_file: Path, work: Path, methods: list[str] | None
         missing = [model for model in models if not (root / "results/evaluate" / benchmark / model).exists()]
         if missing:
             cft(
-                "evaluate", benchmark, *missing, "--models", str(root / "models"), "--data", data, "--subset", subset,
-                "--out", str(root / "results/evaluate" / benchmark), "--work", str(root / "checkpoints/evaluate" / benchmark),
+                "evaluate",
+                benchmark,
+                *missing,
+                "--models",
+                str(root / "models"),
+                "--data",
+                data,
+                "--subset",
+                subset,
+                "--out",
+                str(root / "results/evaluate" / benchmark),
+                "--work",
+                str(root / "checkpoints/evaluate" / benchmark),
             )
-    cft("report", "--results", str(root / "results/evaluate"), "--metrics", str(root / "metrics"), "--plots", str(root / "plots/summary"))
-    from pipeline.benchmarks.summary import read_results
+    cft(
+        "report",
+        "--results",
+        str(root / "results/evaluate"),
+        "--metrics",
+        str(root / "metrics"),
+        "--plots",
+        str(root / "plots/summary"),
+    )
+    from pipeline.reports.summary import read_results
 
     per_benchmark = read_results(root / "results/evaluate", benchmarks, models)
     summary = {model: json.loads((root / "metrics" / f"{model}.json").read_text()) for model in models}
@@ -144,7 +237,10 @@ def paired_interval(values: list[float], references: list[float]) -> tuple[float
 def paired_table(results: list[dict[str, Any]], references: list[str]) -> str:
     """Each model minus each reference model, per summary metric: mean difference over seeds [95% interval]."""
     models = list(results[0]["summary"])
-    lines = ["| metric | model | " + " | ".join(f"− {reference}" for reference in references) + " |", "|---|---|" + "---|" * len(references)]
+    lines = [
+        "| metric | model | " + " | ".join(f"− {reference}" for reference in references) + " |",
+        "|---|---|" + "---|" * len(references),
+    ]
     for key in PAIRED_KEYS:
         for model in models:
             cells = []
@@ -165,8 +261,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/cft-seeds"))
-    parser.add_argument("--methods", nargs="*", default=None, help="fine-tuning methods (default: the params' finetune.methods); none: the base model alone")
-    parser.add_argument("--against", nargs="*", default=["plain", "fgbg"], help="reference models of the paired differences (those that were run)")
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        help="fine-tuning methods (default: the params' finetune.methods); none: the base model alone",
+    )
+    parser.add_argument(
+        "--against",
+        nargs="*",
+        default=["plain", "fgbg"],
+        help="reference models of the paired differences (those that were run)",
+    )
     args = parser.parse_args(argv)
     results = [run_seed(seed, args.params.resolve(), args.work.resolve(), args.methods) for seed in args.seeds]
     print(f"seeds {args.seeds}; cells are mean ± half the range over seeds")

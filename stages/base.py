@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
-from pipeline.atomic import atomic_directory
-from pipeline.config import BaseConfig, load_section
-from pipeline.dvc_inputs import check_declared
+from pipeline.config import load_section
+from pipeline.config.base import BaseConfig
+from pipeline.utils.atomic import atomic_directory
+from pipeline.utils.dvc_inputs import check_declared
 from stages.common import PARAMS_OPTION, user_errors
 
 
@@ -22,14 +23,23 @@ def base(
     """Build (and on the world, train) the base model from the `base` params section."""
     with user_errors():
         config = load_section(params, "base", BaseConfig)
-        check_declared({"base.checkpoint": config.checkpoint, "base.classifier_checkpoint": config.classifier_checkpoint}, params)
-        from pipeline.base_training import train_base
-        from pipeline.models import save_model_artifact
-        from pipeline.reporting import write_base_reports
+        check_declared(
+            {"base.checkpoint": config.checkpoint, "base.classifier_checkpoint": config.classifier_checkpoint}, params
+        )
+        from pipeline.models.factory import save_model_artifact
+        from pipeline.reports.base import write_base_reports
+        from pipeline.training.base import train_base
 
         outcome = train_base(config, data / "manifest.parquet")
         with atomic_directory(out) as staging:
-            save_model_artifact(staging, outcome.model, config, outcome.class_names, outcome.preprocessing)
+            save_model_artifact(
+                staging,
+                outcome.model,
+                config,
+                outcome.class_names,
+                outcome.preprocessing,
+                metrics={f"{split} accuracy": value for split, value in outcome.accuracy.items()},
+            )
         write_base_reports(outcome, metrics, plots)
     summary = ", ".join(f"{split} {acc:.3f}" for split, acc in outcome.accuracy.items())
     typer.echo(f"base model {out} (trained {outcome.train_seconds:.0f} s); accuracy: {summary}")

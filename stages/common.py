@@ -9,10 +9,14 @@ from pathlib import Path
 
 import typer
 
+from pipeline.utils.errors import CftError
+
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file; the stage reads its own section")
 
-# Errors whose message already names the file and the problem: shown without a traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+# Errors whose message already names the file and the problem: shown without a traceback. A
+# missing file is the user's too (its message names the path); anything else is a bug and keeps
+# its traceback.
+_USER_ERRORS: tuple[type[BaseException], ...] = (CftError, FileNotFoundError)
 
 
 @contextlib.contextmanager

@@ -11,8 +11,8 @@ from typing import Any
 
 import typer
 
-from pipeline.atomic import atomic_directory
-from pipeline.config import EvaluateConfig, load_evaluate
+from pipeline.config.evaluate import EvaluateConfig, load_evaluate
+from pipeline.utils.atomic import atomic_directory
 from stages.common import PARAMS_OPTION, user_errors
 
 
@@ -20,17 +20,25 @@ def evaluate(
     benchmark: str = typer.Argument(..., help="a benchmark name under evaluate.benchmarks in the params file"),
     models: list[str] = typer.Argument(..., help="models of evaluate.models: base, or a method of finetune.methods"),
     params: Path = PARAMS_OPTION,
-    models_dir: Path = typer.Option(Path("models"), "--models", help="folder of model artifacts, one per model name (models/base, models/cft, ...)"),
+    models_dir: Path = typer.Option(
+        Path("models"), "--models", help="folder of model artifacts, one per model name (models/base, models/cft, ...)"
+    ),
     data: Path = typer.Option(Path("data/prepared"), help="dataset artifact from `cft prepare` (kind split reads it)"),
     subset: Path = typer.Option(Path("data/subset"), help="fine-tuning subset (which classes are seen)"),
-    out: Path = typer.Option(None, help="results of the benchmark, one folder per model; default results/evaluate/<benchmark>"),
-    work: Path = typer.Option(None, help="finished parts, for resuming (local scratch); default checkpoints/evaluate/<benchmark>"),
+    out: Path = typer.Option(
+        None, help="results of the benchmark, one folder per model; default results/evaluate/<benchmark>"
+    ),
+    work: Path = typer.Option(
+        None, help="finished parts, for resuming (local scratch); default checkpoints/evaluate/<benchmark>"
+    ),
 ) -> None:
     """Accuracy per protocol (seen/unseen classes) and relevance scores where the benchmark has masks."""
     with user_errors():
         config = load_evaluate(params)
         if benchmark not in config.benchmarks:
-            raise ValueError(f"{params}: no benchmark '{benchmark}' under evaluate.benchmarks; defined: {sorted(config.benchmarks)}")
+            raise ValueError(
+                f"{params}: no benchmark '{benchmark}' under evaluate.benchmarks; defined: {sorted(config.benchmarks)}"
+            )
         unknown = [model for model in models if model not in config.models]
         if unknown:
             raise ValueError(f"{params}: {unknown} not in evaluate.models {config.models}")
@@ -42,16 +50,24 @@ def evaluate(
         typer.echo(f"{benchmark} / {model}: {shown}")
 
 
-def _evaluate(name: str, config: EvaluateConfig, model_dirs: dict[str, Path], data: Path, subset: Path, out: Path, work: Path) -> dict[str, Any]:
-    from pipeline.benchmarks.reports import benchmark_info, write_model_results, write_overlay_arrays
-    from pipeline.benchmarks.runner import ModelUnderTest, relevance_support, run_benchmark, run_fingerprint, run_metrics
-    from pipeline.benchmarks.sources import open_source
+def _evaluate(
+    name: str, config: EvaluateConfig, model_dirs: dict[str, Path], data: Path, subset: Path, out: Path, work: Path
+) -> dict[str, Any]:
     from pipeline.benchmarks.files import OVERLAY_NAME
-    from pipeline.manifest import read_manifest
-    from pipeline.models import load_model_artifact
-    from pipeline.preprocess import InputTransform
-    from pipeline.subset import SUBSET_NAME, read_subset
-    from pipeline.training import Normalizer, resolve_device
+    from pipeline.benchmarks.reports import benchmark_info, write_model_results, write_overlay_arrays
+    from pipeline.benchmarks.runner import (
+        ModelUnderTest,
+        relevance_support,
+        run_benchmark,
+        run_fingerprint,
+        run_metrics,
+    )
+    from pipeline.benchmarks.sources import open_source
+    from pipeline.data.manifest import read_manifest
+    from pipeline.data.preprocess import InputTransform
+    from pipeline.data.subset import SUBSET_NAME, read_subset
+    from pipeline.models.factory import load_model_artifact
+    from pipeline.utils.device import Normalizer, resolve_device
 
     benchmark = config.benchmarks[name]
     device = resolve_device(config.device)
@@ -62,11 +78,19 @@ def _evaluate(name: str, config: EvaluateConfig, model_dirs: dict[str, Path], da
         model, spec = load_model_artifact(directory)
         if spec["class_names"] != info["classes"]:
             raise ValueError(f"{directory}: the model's classes differ from the dataset's ({subset / SUBSET_NAME})")
-        models.append(ModelUnderTest(model_name, model.to(device).eval(), Normalizer(spec["preprocessing"]["mean"], spec["preprocessing"]["std"]).to(device)))
+        models.append(
+            ModelUnderTest(
+                model_name,
+                model.to(device).eval(),
+                Normalizer(spec["preprocessing"]["mean"], spec["preprocessing"]["std"]).to(device),
+            )
+        )
         specs.append(spec)
     transforms = {InputTransform.from_preprocessing(spec["preprocessing"]) for spec in specs}
     if len(transforms) > 1:
-        raise ValueError(f"the models {list(model_dirs)} resize or crop differently ({transforms}); evaluate them in separate runs")
+        raise ValueError(
+            f"the models {list(model_dirs)} resize or crop differently ({transforms}); evaluate them in separate runs"
+        )
     transform = transforms.pop()
     class_names = specs[0]["class_names"]
     seen = {class_names.index(c) for c in info["seen_classes"]}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from pipeline.atomic import atomic_directory
-from pipeline.config import load_finetune
+from pipeline.config.finetune import load_finetune
+from pipeline.utils.atomic import atomic_directory
 from stages.common import PARAMS_OPTION, user_errors
 
 
@@ -17,25 +17,29 @@ def finetune(
     base: Path = typer.Option(Path("models/base"), help="model artifact to start from"),
     data: Path = typer.Option(Path("data/prepared"), help="dataset artifact from `cft prepare`"),
     subset: Path = typer.Option(Path("data/subset"), help="fine-tuning subset from `cft prepare`"),
-    masks: Path | None = typer.Option(None, help="mask store from `cft masks` (relevance objectives with concept masks)"),
+    masks: Path | None = typer.Option(
+        None, help="mask store from `cft masks` (relevance objectives with concept masks)"
+    ),
     out: Path = typer.Option(..., help="fine-tuned model artifact directory (fully rewritten)"),
-    checkpoints: Path = typer.Option(..., help="resumable training state (kept between runs; local scratch, not a DVC output)"),
+    checkpoints: Path = typer.Option(
+        ..., help="resumable training state (kept between runs; local scratch, not a DVC output)"
+    ),
     metrics: Path = typer.Option(..., help="summary metrics JSON"),
     plots: Path = typer.Option(..., help="curves (CSV, PNG) and the relevance overlay grid"),
 ) -> None:
     """Fine-tune; an interrupted run resumes from its last epoch when rerun with the same inputs."""
     with user_errors():
         config = load_finetune(params, method)
-        from pipeline.finetune_reports import write_finetune_reports
-        from pipeline.finetuning import FinetuneInputs
-        from pipeline.finetuning import finetune as run_finetune
-        from pipeline.models import write_model_artifact
-        from pipeline.subset import SUBSET_NAME
+        from pipeline.data.subset import SUBSET_NAME
+        from pipeline.models.factory import write_model_artifact
+        from pipeline.reports.finetune import card_metrics, write_finetune_reports
+        from pipeline.training.finetune import FinetuneInputs
+        from pipeline.training.finetune import finetune as run_finetune
 
         inputs = FinetuneInputs(base_model=base, dataset=data, subset=subset / SUBSET_NAME, masks=masks)
         outcome = run_finetune(config, inputs, checkpoints)
         with atomic_directory(out) as staging:
-            write_model_artifact(staging, outcome.model, outcome.spec)
+            write_model_artifact(staging, outcome.model, outcome.spec, card_metrics(outcome.summary))
         write_finetune_reports(outcome, metrics, plots)
     chosen = outcome.summary["selected"]
     typer.echo(

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
-from pipeline.atomic import atomic_directory, write_json
-from pipeline.config import MasksConfig, load_section
-from pipeline.dvc_inputs import check_declared
+from pipeline.config import load_section
+from pipeline.config.masks import MasksConfig
+from pipeline.utils.atomic import atomic_directory, write_json
+from pipeline.utils.dvc_inputs import check_declared
 from stages.common import PARAMS_OPTION, user_errors
 
 
@@ -18,8 +19,13 @@ def masks(
     subset: Path = typer.Option(Path("data/subset"), help="fine-tuning subset from `cft prepare`"),
     concepts: Path = typer.Option(Path("data/concepts"), help="concepts artifact from `cft concepts`"),
     out: Path = typer.Option(Path("data/masks"), help="mask store directory (fully rewritten)"),
-    work: Path = typer.Option(Path("checkpoints/masks"), help="finished parts of an interrupted run (grounded_sam; local scratch, not a DVC output)"),
-    sheet: Path = typer.Option(Path("plots/masks/masks.png"), help="contact sheet: images with their named concept masks"),
+    work: Path = typer.Option(
+        Path("checkpoints/masks"),
+        help="finished parts of an interrupted run (grounded_sam; local scratch, not a DVC output)",
+    ),
+    sheet: Path = typer.Option(
+        Path("plots/masks/masks.png"), help="contact sheet: images with their named concept masks"
+    ),
     metrics: Path | None = typer.Option(None, help="QC summary JSON (flag counts, usable images)"),
 ) -> None:
     """Segment every concept in every fine-tuning image (backend `annotated`: the data's part masks;
@@ -31,13 +37,17 @@ def masks(
             check_declared(
                 {
                     "masks.grounded_sam.grounding.checkpoint": grounding.checkpoint,
-                    "masks.grounded_sam.grounding.config": grounding.config if Path(grounding.config).is_file() else None,
-                    "masks.grounded_sam.grounding.text_encoder": grounding.text_encoder if Path(grounding.text_encoder).is_dir() else None,
+                    "masks.grounded_sam.grounding.config": grounding.config
+                    if Path(grounding.config).is_file()
+                    else None,
+                    "masks.grounded_sam.grounding.text_encoder": grounding.text_encoder
+                    if Path(grounding.text_encoder).is_dir()
+                    else None,
                     "masks.grounded_sam.sam.checkpoint": sam.checkpoint,
                 },
                 params,
             )
-        from pipeline.mask_backends import build_mask_store
+        from pipeline.masks.backends import build_mask_store
 
         with atomic_directory(out) as staging:
             summary = build_mask_store(config, data, subset, concepts, staging, work, sheet)
@@ -53,7 +63,9 @@ def masks(
                 },
             )
     counts = ", ".join(f"{flag} {count}" for flag, count in summary.flags.items())
-    typer.echo(f"mask store {out}: {summary.images} images, {summary.masks} masks at {summary.resolution[0]}x{summary.resolution[1]}; {counts}")
+    typer.echo(
+        f"mask store {out}: {summary.images} images, {summary.masks} masks at {summary.resolution[0]}x{summary.resolution[1]}; {counts}"
+    )
     if summary.unusable_images:
         typer.secho(
             f"{len(summary.unusable_images)} image(s) have no usable mask and will be skipped by fine-tuning, e.g. {summary.unusable_images[:3]} (see masks.parquet)",

@@ -8,9 +8,10 @@ from typing import Any
 
 import typer
 
-from pipeline.atomic import atomic_directory, write_json
-from pipeline.config import PrepareConfig, load_section
-from pipeline.dvc_inputs import check_declared
+from pipeline.config import load_section
+from pipeline.config.data import PrepareConfig
+from pipeline.utils.atomic import atomic_directory, write_json
+from pipeline.utils.dvc_inputs import check_declared
 from stages.common import PARAMS_OPTION, user_errors
 
 
@@ -19,13 +20,17 @@ def prepare(
     out: Path = typer.Option(Path("data/prepared"), help="dataset artifact directory (fully rewritten)"),
     subset: Path = typer.Option(Path("data/subset"), help="fine-tuning subset artifact directory (fully rewritten)"),
     metrics: Path = typer.Option(Path("results/prepare.json"), help="summary metrics JSON"),
-    workers: int = typer.Option(0, help="rendering processes (world) or decoding threads (image folder); 0 = automatic"),
+    workers: int = typer.Option(
+        0, help="rendering processes (world) or decoding threads (image folder); 0 = automatic"
+    ),
 ) -> None:
     """Build the dataset: the built-in world (`data.source: world`) or an image folder (`imagefolder`)."""
     with user_errors():
         config = load_section(params, "data", PrepareConfig)
-        check_declared({"data.imagefolder.class_names": config.imagefolder.class_names if config.imagefolder else None}, params)
-        from pipeline.subset import SUBSET_NAME, write_subset
+        check_declared(
+            {"data.imagefolder.class_names": config.imagefolder.class_names if config.imagefolder else None}, params
+        )
+        from pipeline.data.subset import SUBSET_NAME, write_subset
 
         if config.source == "imagefolder":
             chosen, metrics_row, lines = _imagefolder(config, out, workers)
@@ -34,7 +39,16 @@ def prepare(
         with atomic_directory(subset) as staging:
             write_subset(staging / SUBSET_NAME, chosen)
         seen = json.loads(chosen.schema.metadata[b"cft.subset"])["seen_classes"]
-        write_json(metrics, {**metrics_row, "subset": {"seen_classes": len(seen), "finetune_images": chosen.column("role").to_pylist().count("finetune")}})
+        write_json(
+            metrics,
+            {
+                **metrics_row,
+                "subset": {
+                    "seen_classes": len(seen),
+                    "finetune_images": chosen.column("role").to_pylist().count("finetune"),
+                },
+            },
+        )
     for line in lines:
         typer.echo(line)
     shown = ", ".join(seen[:10]) + (f", ... ({len(seen)} in all)" if len(seen) > 10 else "")
@@ -42,9 +56,9 @@ def prepare(
 
 
 def _world(config: PrepareConfig, out: Path, workers: int) -> tuple[Any, dict[str, Any], list[str]]:
-    from pipeline.manifest import read_manifest
-    from pipeline.subset import select_subset
-    from pipeline.world.build import build_world
+    from pipeline.data.manifest import read_manifest
+    from pipeline.data.subset import select_subset
+    from pipeline.data.world.build import build_world
 
     with atomic_directory(out) as staging:
         summary = build_world(config, staging, workers=workers or None)
@@ -54,7 +68,7 @@ def _world(config: PrepareConfig, out: Path, workers: int) -> tuple[Any, dict[st
 
 
 def _imagefolder(config: PrepareConfig, out: Path, workers: int) -> tuple[Any, dict[str, Any], list[str]]:
-    from pipeline.imagefolder import select_imagefolder, write_imagefolder
+    from pipeline.data.imagefolder import select_imagefolder, write_imagefolder
 
     assert config.imagefolder is not None  # the config validator requires it
     manifest, chosen, report = select_imagefolder(config.imagefolder, config.subset, out, workers or None)

@@ -6,20 +6,26 @@ from pathlib import Path
 
 import typer
 
-from pipeline.config import load_evaluate
+from pipeline.config.evaluate import load_evaluate
 from stages.common import PARAMS_OPTION, user_errors
 
 
 def report(
     params: Path = PARAMS_OPTION,
-    results: Path = typer.Option(Path("results/evaluate"), help="folder of `cft evaluate` results: <benchmark>/<model>/"),
-    metrics: Path = typer.Option(Path("metrics"), help="folder of the compact metrics, one JSON per model (what `dvc metrics show` prints)"),
-    plots: Path = typer.Option(Path("plots/summary"), help="full table (metrics.csv), charts per metric, relevance pictures per benchmark"),
+    results: Path = typer.Option(
+        Path("results/evaluate"), help="folder of `cft evaluate` results: <benchmark>/<model>/"
+    ),
+    metrics: Path = typer.Option(
+        Path("metrics"), help="folder of the compact metrics, one JSON per model (what `dvc metrics show` prints)"
+    ),
+    plots: Path = typer.Option(
+        Path("plots/summary"), help="full table (metrics.csv), charts per metric, relevance pictures per benchmark"
+    ),
 ) -> None:
     """Summarise the benchmarks of `evaluate.benchmarks` for every model of `evaluate.models`."""
     with user_errors():
         config = load_evaluate(params)
-        from pipeline.benchmarks.summary import read_results, summarise, write_summary
+        from pipeline.reports.summary import read_results, summarise, write_summary
 
         per_benchmark = read_results(results, list(config.benchmarks), config.models)
         apart = frozenset(name for name, benchmark in config.benchmarks.items() if not benchmark.ood_mean)

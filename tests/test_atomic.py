@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.atomic import atomic_directory, atomic_path, write_json, write_text
+from pipeline.utils.atomic import atomic_directory, atomic_path, write_json, write_text
 
 
 def test_failed_write_keeps_old_file(tmp_path: Path) -> None:
@@ -27,7 +27,7 @@ def test_killed_writer_keeps_old_file(tmp_path: Path) -> None:
     write_text(target, "old")
     script = (
         "import time, sys\n"
-        "from pipeline.atomic import atomic_path\n"
+        "from pipeline.utils.atomic import atomic_path\n"
         f"with atomic_path({str(target)!r}) as tmp:\n"
         "    with open(tmp, 'w') as f:\n"
         "        f.write('half'); f.flush()\n"

@@ -6,8 +6,11 @@ import torch
 from torch import nn
 
 from pipeline.relevance.attnlrp import UnsupportedModelError, attnlrp
-from tests.lrp_reference import explicit_attnlrp
-from tests.relevance_checks import assert_alignment_gradients_match_finite_differences, assert_untouched_outside_the_context
+from tests.helpers.lrp_reference import explicit_attnlrp
+from tests.helpers.relevance_checks import (
+    assert_alignment_gradients_match_finite_differences,
+    assert_untouched_outside_the_context,
+)
 
 VARIANTS = {
     "vit": {},
@@ -19,14 +22,28 @@ VARIANTS = {
 
 def tiny_vit(seed: int = 0, **kwargs: object) -> nn.Module:
     torch.manual_seed(seed)
-    model = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=16, patch_size=4,
-        embed_dim=16, depth=2, num_heads=2, qkv_bias=True, **kwargs,
-    ).double().eval()
+    model = (
+        timm.create_model(
+            "vit_tiny_patch16_224",
+            pretrained=False,
+            num_classes=5,
+            img_size=16,
+            patch_size=4,
+            embed_dim=16,
+            depth=2,
+            num_heads=2,
+            qkv_bias=True,
+            **kwargs,
+        )
+        .double()
+        .eval()
+    )
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             # Non-trivial biases, LayerNorm affines, cls/pos/register tokens.
-            parameter.add_(torch.randn_like(parameter) * (0.3 if parameter.ndim == 1 or "token" in name or "pos" in name else 0.05))
+            parameter.add_(
+                torch.randn_like(parameter) * (0.3 if parameter.ndim == 1 or "token" in name or "pos" in name else 0.05)
+            )
     return model
 
 
@@ -112,8 +129,18 @@ def test_relevance_logits_are_the_model_logits() -> None:
 
 def test_unsupported_models_are_named() -> None:
     convnet = timm.create_model("resnet18", pretrained=False, num_classes=3)
-    with pytest.raises(UnsupportedModelError, match="timm VisionTransformer and ConvNeXt models, not ResNet"):
+    with pytest.raises(UnsupportedModelError, match="timm ConvNeXt and VisionTransformer models, not ResNet"):
         attnlrp(convnet, torch.randn(1, 3, 32, 32), torch.tensor([0]))
-    swiglu = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, act_layer=nn.SiLU)
+    swiglu = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=3,
+        img_size=16,
+        patch_size=8,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        act_layer=nn.SiLU,
+    )
     with pytest.raises(UnsupportedModelError, match=r"no AttnLRP rule for module 'blocks\.0\.mlp\.act' \(SiLU\)"):
         attnlrp(swiglu, torch.randn(1, 3, 16, 16), torch.tensor([0]))

@@ -10,13 +10,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.relevance.attnlrp import CNN_CELL, UnsupportedModelError, attnlrp, relevance_cell
-from tests.lrp_reference import explicit_convnext_lrp
-from tests.relevance_checks import assert_alignment_gradients_match_finite_differences, assert_fine_tuning_steps_move_the_map, assert_untouched_outside_the_context
+from tests.helpers.lrp_reference import explicit_convnext_lrp
+from tests.helpers.relevance_checks import (
+    assert_alignment_gradients_match_finite_differences,
+    assert_fine_tuning_steps_move_the_map,
+    assert_untouched_outside_the_context,
+)
 
 TINY = {"num_classes": 5, "depths": (1, 1, 1, 1), "dims": (8, 16, 16, 16)}
 VARIANTS = {
     "conv_mlp": {},  # atto-pico-nano layout: LayerNorm2d and 1×1 convs, channels-first GRN
-    "channels_last": {"conv_mlp": False, "depths": (2, 1, 1, 1)},  # tiny-huge layout: LayerNorm, Linear, channels-last GRN
+    "channels_last": {
+        "conv_mlp": False,
+        "depths": (2, 1, 1, 1),
+    },  # tiny-huge layout: LayerNorm, Linear, channels-last GRN
     "layerscale_hidden_head": {"conv_mlp": False, "ls_init_value": 0.5, "head_hidden_size": 12},
 }
 
@@ -84,7 +91,9 @@ PROBED = [
 
 def test_relevance_gradient_matches_finite_differences() -> None:
     model = tiny_convnext(**VARIANTS["layerscale_hidden_head"])
-    assert_alignment_gradients_match_finite_differences(model, images(count=2), torch.tensor([3, 1]), PROBED, pixel_term=True)
+    assert_alignment_gradients_match_finite_differences(
+        model, images(count=2), torch.tensor([3, 1]), PROBED, pixel_term=True
+    )
 
 
 def test_model_is_untouched_outside_the_context() -> None:
@@ -99,7 +108,16 @@ def test_relevance_logits_are_the_model_logits() -> None:
 
 
 def test_relevance_grid_cells() -> None:
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=3,
+        img_size=16,
+        patch_size=4,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+    )
     assert relevance_cell(vit) == (4, 4)
     assert relevance_cell(tiny_convnext()) == CNN_CELL == (16, 16)
     x = images(count=2, size=40).float()  # 40 px: the last row/column of cells is partial
@@ -121,7 +139,10 @@ def test_fine_tuning_steps_move_the_map() -> None:
 
 def test_unsupported_models_are_named() -> None:
     resnet = timm.create_model("resnet18", pretrained=False, num_classes=3, layers=(1, 1, 1, 1))
-    with pytest.raises(UnsupportedModelError, match=r"not ResNet; no rule for 'bn1' \(BatchNorm2d\), 'act1' \(ReLU\), 'maxpool' \(MaxPool2d\)"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"not ResNet; no rule for 'bn1' \(BatchNorm2d\), 'act1' \(ReLU\), 'maxpool' \(MaxPool2d\)",
+    ):
         attnlrp(resnet, torch.randn(1, 3, 32, 32), torch.tensor([0]))
     uncovered = {
         r"'head\.global_pool\.pool' \(AdaptiveMaxPool2d\)": {"global_pool": "max"},

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pipeline.benchmarks.catalog import (
     KINDS,
@@ -28,19 +27,19 @@ from pipeline.benchmarks.protocols import (
     predict,
     protocols_for,
 )
-from pipeline.class_names import imagenet_classes
+from pipeline.data.class_names import imagenet_classes
+from tests.helpers.benchmark_files import (
+    AMBULANCE,
+    KOALA,
+    SI_SCORE_HEADER,
+    write_image,
+    write_objectnet,
+    write_si_score,
+)
 
 IMAGENET = imagenet_classes()
 TENCH, GOLDFISH = 0, 1  # in none of the class subsets used below (asserted where it matters)
 ANALOG_CLOCK, DIGITAL_CLOCK, BANANA, BACKPACK = 409, 530, 954, 414
-AMBULANCE, KOALA = 407, 105
-SI_SCORE_HEADER = "image_id,x_coord,y_coord,area,rotation,foreground_class,foreground_instance,background,bg_resolution_width,bg_resolution_height,pct_inside_image\n"
-
-
-def write_image(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), (180, 40, 40)).save(path, format="PNG" if path.suffix.lower() == ".png" else "JPEG")
-    return path
 
 
 def logits_with(rows: list[dict[int, float]], classes: int = 1000) -> torch.Tensor:
@@ -138,11 +137,13 @@ def test_imagenet_a_standard_restricts_the_argmax_to_the_200_classes(tmp_path: P
     images = read_benchmark("imagenet_a", tmp_path, IMAGENET)
     assert images.targets == [(first,), (second,), (second,)]
     assert images.classes == indices
-    logits = logits_with([
-        {TENCH: 5.0, first: 3.0},      # right once the non-A class is masked out; wrong 1000-way
-        {second: 4.0},                 # right either way
-        {GOLDFISH: 9.0, first: 2.0},   # wrong either way: the best A class is the wrong one
-    ])
+    logits = logits_with(
+        [
+            {TENCH: 5.0, first: 3.0},  # right once the non-A class is masked out; wrong 1000-way
+            {second: 4.0},  # right either way
+            {GOLDFISH: 9.0, first: 2.0},  # wrong either way: the best A class is the wrong one
+        ]
+    )
     predictions = as_numpy(predict(logits, images))
 
     assert predictions["standard"].tolist() == [first, second, first]
@@ -150,7 +151,9 @@ def test_imagenet_a_standard_restricts_the_argmax_to_the_200_classes(tmp_path: P
     metrics = benchmark_metrics(images, predictions, None)
     assert metrics == {"accuracy": 0.666667, "reference_accuracy": 0.333333, "images": 3}
     assert [p.description for p in protocols_for(images)] == [
-        "argmax over the 200 ImageNet-A classes", "argmax over all 1000 ImageNet classes (no class subset)"]
+        "argmax over the 200 ImageNet-A classes",
+        "argmax over all 1000 ImageNet classes (no class subset)",
+    ]
 
 
 def test_imagenet_r_folder_outside_the_200_is_named(tmp_path: Path) -> None:
@@ -176,17 +179,18 @@ def test_all_113_objectnet_classes_resolve_to_125_imagenet_classes() -> None:
     targets = objectnet_class_targets()
 
     assert len(targets) == 113
-    assert sum(len(indices) for indices in targets.values()) == len({i for indices in targets.values() for i in indices}) == 125
+    assert (
+        sum(len(indices) for indices in targets.values())
+        == len({i for indices in targets.values() for i in indices})
+        == 125
+    )
     for objectnet_class, names in mapping.items():  # each name is one class's full description, in the file's order
-        assert [descriptions[index] for index in targets[objectnet_class]] == [name.strip() for name in names.split(";")]
+        assert [descriptions[index] for index in targets[objectnet_class]] == [
+            name.strip() for name in names.split(";")
+        ]
     assert targets["Alarm clock"] == (ANALOG_CLOCK, DIGITAL_CLOCK)
     assert targets["Chair"] == (423, 559, 765)  # barber chair; folding chair; rocking chair
     assert targets["Backpack"] == (BACKPACK,)
-
-
-def write_objectnet(root: Path) -> None:
-    for name in ("alarm_clock/1.png", "alarm_clock/2.png", "banana/3.png", "squeegee/4.png", "squeegee/5.png"):
-        write_image(root / "images" / name)
 
 
 def test_objectnet_maps_folders_to_imagenet_sets_and_skips_unmapped_classes(tmp_path: Path) -> None:
@@ -201,11 +205,17 @@ def test_objectnet_maps_folders_to_imagenet_sets_and_skips_unmapped_classes(tmp_
     assert images.classes is not None and len(images.classes) == 125 and list(images.classes) == sorted(images.classes)
     assert TENCH not in images.classes
 
-    logits = logits_with([
-        {DIGITAL_CLOCK: 5.0},                                 # the second mapped class: standard right, reference wrong
-        {TENCH: 9.0, ANALOG_CLOCK: 1.0, DIGITAL_CLOCK: 0.5},  # unmapped argmax: standard takes the best mapped class
-        {DIGITAL_CLOCK: 3.0, BANANA: 2.0},                    # a mapped but wrong class: wrong either way
-    ])
+    logits = logits_with(
+        [
+            {DIGITAL_CLOCK: 5.0},  # the second mapped class: standard right, reference wrong
+            {
+                TENCH: 9.0,
+                ANALOG_CLOCK: 1.0,
+                DIGITAL_CLOCK: 0.5,
+            },  # unmapped argmax: standard takes the best mapped class
+            {DIGITAL_CLOCK: 3.0, BANANA: 2.0},  # a mapped but wrong class: wrong either way
+        ]
+    )
     predictions = as_numpy(predict(logits, images))
     assert predictions["standard"].tolist() == [DIGITAL_CLOCK, ANALOG_CLOCK, DIGITAL_CLOCK]
     assert predictions["reference"].tolist() == [DIGITAL_CLOCK, TENCH, DIGITAL_CLOCK]
@@ -215,9 +225,15 @@ def test_objectnet_maps_folders_to_imagenet_sets_and_skips_unmapped_classes(tmp_
     # seen if any of the image's mapped classes was seen: the alarm clocks through the digital clock
     metrics = benchmark_metrics(images, predictions, {DIGITAL_CLOCK})
     assert metrics == {
-        "accuracy": 0.666667, "accuracy_seen": 1.0, "accuracy_unseen": 0.0,
-        "reference_accuracy": 0.0, "reference_accuracy_seen": 0.0, "reference_accuracy_unseen": 0.0,
-        "images": 3, "images_seen": 2, "images_unseen": 1,
+        "accuracy": 0.666667,
+        "accuracy_seen": 1.0,
+        "accuracy_unseen": 0.0,
+        "reference_accuracy": 0.0,
+        "reference_accuracy_seen": 0.0,
+        "reference_accuracy_unseen": 0.0,
+        "images": 3,
+        "images_seen": 2,
+        "images_unseen": 1,
     }
 
 
@@ -237,13 +253,28 @@ def test_objectnet_prefers_the_datasets_own_mapping_files(tmp_path: Path) -> Non
     assert correct("reference", reference, images.targets).tolist() == [True, True, False]
 
 
-@pytest.mark.parametrize(("file", "content", "message"), [
-    ("folder_to_objectnet_label.json", "{not json", "folder to label mapping unreadable"),
-    ("objectnet_to_imagenet_1k.json", '["a list"]', "must be a JSON object"),
-    ("objectnet_to_imagenet_1k.json", '{"Alarm clock": "alarm clock widget"}', "'alarm clock widget' matches no ImageNet-1k"),
-    ("objectnet_to_imagenet_1k.json", '{"Alarm clock": "crane"}', r"'crane' is ambiguous \(ImageNet-1k classes \[134, 517\]\)"),
-    ("objectnet_to_imagenet_1k.json", '{"Flux capacitor": "banana"}', "no folder holds the mapped ObjectNet classes"),
-])
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        ("folder_to_objectnet_label.json", "{not json", "folder to label mapping unreadable"),
+        ("objectnet_to_imagenet_1k.json", '["a list"]', "must be a JSON object"),
+        (
+            "objectnet_to_imagenet_1k.json",
+            '{"Alarm clock": "alarm clock widget"}',
+            "'alarm clock widget' matches no ImageNet-1k",
+        ),
+        (
+            "objectnet_to_imagenet_1k.json",
+            '{"Alarm clock": "crane"}',
+            r"'crane' is ambiguous \(ImageNet-1k classes \[134, 517\]\)",
+        ),
+        (
+            "objectnet_to_imagenet_1k.json",
+            '{"Flux capacitor": "banana"}',
+            "no folder holds the mapped ObjectNet classes",
+        ),
+    ],
+)
 def test_objectnet_bad_mapping_files_are_named(tmp_path: Path, file: str, content: str, message: str) -> None:
     write_objectnet(tmp_path)
     (tmp_path / "mappings").mkdir()
@@ -257,31 +288,13 @@ def test_objectnet_unknown_folder_and_missing_images_dir_are_named(tmp_path: Pat
         read_benchmark("objectnet", tmp_path, IMAGENET)
     write_objectnet(tmp_path)
     write_image(tmp_path / "images" / "hoverboard" / "1.png")
-    with pytest.raises(BenchmarkError, match=re.escape(str(tmp_path / "images" / "hoverboard")) + ".*not an ObjectNet folder"):
+    with pytest.raises(
+        BenchmarkError, match=re.escape(str(tmp_path / "images" / "hoverboard")) + ".*not an ObjectNet folder"
+    ):
         read_benchmark("objectnet", tmp_path, IMAGENET)
 
 
 # --- SI-Score ---------------------------------------------------------------------------------------
-
-
-def write_si_score(root: Path) -> None:
-    """The S3 layout (object_size/, object_rotation/) and a TFDS-zip one (location/location20_area02_min0pc/)."""
-    size = root / "object_size"
-    for name in ("ambulance/0.jpg", "ambulance/1.jpg", "koala/2.jpg"):
-        write_image(size / name)
-    (size / "metadata.csv").write_text(SI_SCORE_HEADER + "0,0.5,0.5,0.2,0,0,0,3,500,500,1.0\n1,0.5,0.5,0.5,0,0,1,2,500,500,1.0\n"
-                                       "2,0.5,0.5,0.2,0,1,0,1,500,500,1.0\n")
-    (size / "foreground_classes.csv").write_text(f"int,label\n{AMBULANCE},ambulance\n{KOALA},koala\n")
-    rotation = root / "object_rotation"
-    for name in ("koala/0.jpg", "koala/1.jpg", "ambulance/2.jpg"):
-        write_image(rotation / name)
-    (rotation / "metadata.csv").write_text(SI_SCORE_HEADER + "0,0.5,0.5,0.2,1,1,0,0,500,500,1.0\n1,0.5,0.5,0.2,181,1,0,1,500,500,1.0\n"
-                                           "2,0.5,0.5,0.2,21,0,0,2,500,500,1.0\n")
-    location = root / "location" / "location20_area02_min0pc"
-    for name in ("koala/7.jpg", "koala/8.jpg"):
-        write_image(location / name)
-    (location / "metadata.csv").write_text(SI_SCORE_HEADER + "7,0.05,0.95,0.2,0,0,0,0,500,500,0.97\n8,0.25,0.5,0.2,0,0,0,1,500,500,1.0\n")
-    write_image(root / "backgrounds" / "beach2.jpg")  # a download beside the datasets, not a factor
 
 
 def test_si_score_reads_every_factor_with_its_values(tmp_path: Path) -> None:
@@ -289,11 +302,25 @@ def test_si_score_reads_every_factor_with_its_values(tmp_path: Path) -> None:
     images = read_benchmark("si_score", tmp_path, IMAGENET)
 
     assert images.files == [
-        "location/location20_area02_min0pc/koala/7.jpg", "location/location20_area02_min0pc/koala/8.jpg",
-        "object_rotation/ambulance/2.jpg", "object_rotation/koala/0.jpg", "object_rotation/koala/1.jpg",
-        "object_size/ambulance/0.jpg", "object_size/ambulance/1.jpg", "object_size/koala/2.jpg",
+        "location/location20_area02_min0pc/koala/7.jpg",
+        "location/location20_area02_min0pc/koala/8.jpg",
+        "object_rotation/ambulance/2.jpg",
+        "object_rotation/koala/0.jpg",
+        "object_rotation/koala/1.jpg",
+        "object_size/ambulance/0.jpg",
+        "object_size/ambulance/1.jpg",
+        "object_size/koala/2.jpg",
     ]
-    assert images.targets == [(KOALA,), (KOALA,), (AMBULANCE,), (KOALA,), (KOALA,), (AMBULANCE,), (AMBULANCE,), (KOALA,)]
+    assert images.targets == [
+        (KOALA,),
+        (KOALA,),
+        (AMBULANCE,),
+        (KOALA,),
+        (KOALA,),
+        (AMBULANCE,),
+        (AMBULANCE,),
+        (KOALA,),
+    ]
     assert images.metadata["factor"] == ["location"] * 2 + ["rotation"] * 3 + ["size"] * 3
     assert images.metadata["factor_value"] == ["(0.05,0.95)", "(0.25,0.5)", "21", "1", "181", "0.2", "0.5", "0.2"]
     assert images.classes is None
@@ -303,8 +330,13 @@ def test_si_score_reads_every_factor_with_its_values(tmp_path: Path) -> None:
     assert list(predictions) == ["standard"] and predictions["standard"].tolist() == chosen
 
     assert benchmark_metrics(images, predictions, None) == {
-        "accuracy": 0.625, "accuracy_size": 0.666667, "accuracy_location": 0.5, "accuracy_rotation": 0.666667,
-        "accuracy_size_value_mean": 0.5, "accuracy_location_value_mean": 0.5, "accuracy_rotation_value_mean": 0.666667,
+        "accuracy": 0.625,
+        "accuracy_size": 0.666667,
+        "accuracy_location": 0.5,
+        "accuracy_rotation": 0.666667,
+        "accuracy_size_value_mean": 0.5,
+        "accuracy_location_value_mean": 0.5,
+        "accuracy_rotation_value_mean": 0.666667,
         "images": 8,
     }
     assert factor_breakdown(images, predictions) == [
@@ -331,11 +363,15 @@ def test_si_score_layout_errors_are_named(tmp_path: Path) -> None:
         read_benchmark("si_score", tmp_path, IMAGENET)
     write_si_score(tmp_path)
     write_image(tmp_path / "object_size" / "koala" / "99.jpg")
-    with pytest.raises(BenchmarkError, match=re.escape(str(tmp_path / "object_size" / "koala" / "99.jpg")) + ".*no row in"):
+    with pytest.raises(
+        BenchmarkError, match=re.escape(str(tmp_path / "object_size" / "koala" / "99.jpg")) + ".*no row in"
+    ):
         read_benchmark("si_score", tmp_path, IMAGENET)
     (tmp_path / "object_size" / "koala" / "99.jpg").unlink()
     write_image(tmp_path / "object_rotation" / "unicorn" / "3.jpg")
-    with pytest.raises(BenchmarkError, match=re.escape(str(tmp_path / "object_rotation" / "unicorn")) + ".*not an SI-Score"):
+    with pytest.raises(
+        BenchmarkError, match=re.escape(str(tmp_path / "object_rotation" / "unicorn")) + ".*not an SI-Score"
+    ):
         read_benchmark("si_score", tmp_path, IMAGENET)
     (tmp_path / "object_rotation" / "unicorn" / "3.jpg").unlink()
     (tmp_path / "object_rotation" / "metadata.csv").unlink()
@@ -346,7 +382,9 @@ def test_si_score_layout_errors_are_named(tmp_path: Path) -> None:
 # --- protocols on their own -------------------------------------------------------------------------
 
 
-def subset_benchmark(kind: str, classes: tuple[int, ...], targets: list[tuple[int, ...]], border: int = 0) -> BenchmarkImages:
+def subset_benchmark(
+    kind: str, classes: tuple[int, ...], targets: list[tuple[int, ...]], border: int = 0
+) -> BenchmarkImages:
     return BenchmarkImages(kind, Path("/fake"), [f"{i}.jpg" for i in range(len(targets))], targets, classes, border)
 
 
@@ -388,18 +426,33 @@ def test_correct_standard_accepts_any_target_reference_only_the_first() -> None:
 def test_metric_groups_without_images_are_left_out() -> None:
     images = BenchmarkImages("imagenet_v2", Path("/fake"), ["a.jpg", "b.jpg"], [(1,), (2,)], None)
     predictions = {"standard": np.array([1, 0])}
-    assert benchmark_metrics(images, predictions, {1, 2}) == {"accuracy": 0.5, "accuracy_seen": 0.5, "images": 2, "images_seen": 2}
-    assert benchmark_metrics(images, predictions, set()) == {"accuracy": 0.5, "accuracy_unseen": 0.5, "images": 2, "images_unseen": 2}
+    assert benchmark_metrics(images, predictions, {1, 2}) == {
+        "accuracy": 0.5,
+        "accuracy_seen": 0.5,
+        "images": 2,
+        "images_seen": 2,
+    }
+    assert benchmark_metrics(images, predictions, set()) == {
+        "accuracy": 0.5,
+        "accuracy_unseen": 0.5,
+        "images": 2,
+        "images_unseen": 2,
+    }
     indices = imagenet_subset("imagenet_r")[1]
     with pytest.raises(ValueError, match="no predictions for the reference protocol"):
-        benchmark_metrics(subset_benchmark("imagenet_r", indices, [(indices[0],)]), {"standard": np.array([indices[0]])}, None)
+        benchmark_metrics(
+            subset_benchmark("imagenet_r", indices, [(indices[0],)]), {"standard": np.array([indices[0]])}, None
+        )
     assert factor_breakdown(images, predictions) == []
 
 
 def test_protocol_table_matches_the_readers_and_protocols() -> None:
     rows = {row["kind"]: row for row in PROTOCOL_TABLE}
     assert list(rows) == list(KINDS)
-    assert all(set(row) == {"kind", "class_subset", "mapping", "standard_protocol", "reference_protocol"} for row in PROTOCOL_TABLE)
+    assert all(
+        set(row) == {"kind", "class_subset", "mapping", "standard_protocol", "reference_protocol"}
+        for row in PROTOCOL_TABLE
+    )
     assert rows["imagenet_a"]["class_subset"].startswith("200 ImageNet-A classes")
     assert rows["imagenet_r"]["class_subset"].startswith("200 ImageNet-R classes")
     assert rows["objectnet"]["class_subset"] == "113 ObjectNet classes = 125 ImageNet classes"
@@ -419,4 +472,8 @@ def test_protocol_table_matches_the_readers_and_protocols() -> None:
         descriptions = {protocol.name: protocol.description for protocol in protocols_for(images)}
         assert descriptions["standard"] == rows[kind]["standard_protocol"]
         assert descriptions.get("reference", "-") == rows[kind]["reference_protocol"]
-    assert [kind for kind, row in rows.items() if row["reference_protocol"] != "-"] == ["imagenet_a", "imagenet_r", "objectnet"]
+    assert [kind for kind, row in rows.items() if row["reference_protocol"] != "-"] == [
+        "imagenet_a",
+        "imagenet_r",
+        "objectnet",
+    ]

@@ -17,22 +17,41 @@ from pipeline.benchmarks.catalog import BenchmarkImages
 from pipeline.benchmarks.runner import ModelUnderTest, run_benchmark, run_metrics
 from pipeline.benchmarks.segmentation import SegmentationScores, write_segmentation_file
 from pipeline.benchmarks.sources import ArrayItems, EvalSource, FileItems, open_source
-from pipeline.config import BenchmarkConfig, EvaluateConfig
-from pipeline.preprocess import InputTransform
+from pipeline.config.evaluate import BenchmarkConfig, EvaluateConfig
+from pipeline.data.preprocess import InputTransform
 from pipeline.relevance.attnlrp import attnlrp
-from pipeline.training import Normalizer
+from pipeline.utils.device import Normalizer
 
 DEVICE = torch.device("cpu")
 
 
 def tiny_model(seed: int = 0) -> ModelUnderTest:
     torch.manual_seed(seed)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2).eval()
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=4,
+        img_size=16,
+        patch_size=4,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+    ).eval()
     return ModelUnderTest(f"m{seed}", model, Normalizer([0.5] * 3, [0.5] * 3))
 
 
 def config(**overrides: object) -> EvaluateConfig:
-    return EvaluateConfig(**{"benchmarks": {}, "in_distribution": None, "batch_size": 4, "workers": 0, "part_size": 5, "relevance_images": None, **overrides})
+    return EvaluateConfig(
+        **{
+            "benchmarks": {},
+            "in_distribution": None,
+            "batch_size": 4,
+            "workers": 0,
+            "part_size": 5,
+            "relevance_images": None,
+            **overrides,
+        }
+    )
 
 
 def array_source(count: int = 12) -> EvalSource:
@@ -45,13 +64,17 @@ def array_source(count: int = 12) -> EvalSource:
     return EvalSource("toy", "split", ArrayItems(images, masks), info, True, [str(t[0]) for t in labels])
 
 
-def test_parts_are_saved_and_a_rerun_reuses_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_parts_are_saved_and_a_rerun_reuses_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     source, models = array_source(), [tiny_model(0), tiny_model(1)]
     first = run_benchmark(source, models, {0, 1}, config(), tmp_path, "f" * 64, DEVICE, progress=False)
     assert len(list(tmp_path.glob("part-*.npz"))) == 3  # 12 images, parts of 5
     calls: list[int] = []
     original = runner_module._run_part
-    monkeypatch.setattr(runner_module, "_run_part", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    monkeypatch.setattr(
+        runner_module, "_run_part", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+    )
     (sorted(tmp_path.glob("part-*.npz"))[1]).write_bytes(b"torn")  # an interrupted write
     second = run_benchmark(source, models, {0, 1}, config(), tmp_path, "f" * 64, DEVICE, progress=False)
     assert len(calls) == 1  # only the torn part was recomputed
@@ -80,7 +103,9 @@ def test_cue_share_is_the_relevance_on_the_cue_across_parts(tmp_path: Path) -> N
     expected = [(m * c).sum() / m.sum() for m, c in zip(maps, cues[::2], strict=True)]
     assert metrics["cue_share"] == pytest.approx(float(np.mean(expected)), abs=1e-5)
     assert metrics["cue_area"] == pytest.approx(16 / 256)
-    again = run_metrics(source, run_benchmark(source, [model], None, config(), tmp_path, "e" * 64, DEVICE, progress=False), None)["m0"]
+    again = run_metrics(
+        source, run_benchmark(source, [model], None, config(), tmp_path, "e" * 64, DEVICE, progress=False), None
+    )["m0"]
     assert again == metrics
 
 
@@ -107,7 +132,14 @@ def test_unreadable_files_are_counted_not_fatal(tmp_path: Path) -> None:
         Image.fromarray(np.full((20, 24, 3), 120, dtype=np.uint8)).save(tmp_path / name)
     (tmp_path / "c.png").write_bytes(b"not a png")
     info = BenchmarkImages("imagefolder", tmp_path, ["a.png", "b.png", "c.png"], [(0,), (1,), (2,)], None)
-    source = EvalSource("files", "imagefolder", FileItems(tmp_path, info.files, InputTransform(16, "bilinear", 0.875)), info, False, ["0", "1", "2"])
+    source = EvalSource(
+        "files",
+        "imagefolder",
+        FileItems(tmp_path, info.files, InputTransform(16, "bilinear", 0.875)),
+        info,
+        False,
+        ["0", "1", "2"],
+    )
     run = run_benchmark(source, [tiny_model(0)], None, config(), tmp_path / "work", "d" * 64, DEVICE, progress=False)
     assert run.readable.tolist() == [True, True, False]
     metrics = run_metrics(source, run, None)["m0"]
@@ -121,7 +153,15 @@ def test_segmentation_benchmark_scores_relevance_of_every_model(tmp_path: Path) 
     for mask in masks:
         mask[5:15, 4:14] = 1
     write_segmentation_file(tmp_path / "gtsegs.mat", images, masks)
-    source = open_source("seg", BenchmarkConfig(kind="imagenet_segmentation", path=str(tmp_path / "gtsegs.mat")), [], InputTransform(16), tmp_path, None, True)
+    source = open_source(
+        "seg",
+        BenchmarkConfig(kind="imagenet_segmentation", path=str(tmp_path / "gtsegs.mat")),
+        [],
+        InputTransform(16),
+        tmp_path,
+        None,
+        True,
+    )
     entry = tiny_model(0)
     run = run_benchmark(source, [entry], None, config(workers=2), tmp_path / "work", "e" * 64, DEVICE, progress=False)
     metrics = run_metrics(source, run, None)["m0"]

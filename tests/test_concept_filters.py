@@ -6,14 +6,44 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.concept_filters import FilterReport, filter_concepts, normalise_concept
-from pipeline.config import DEFAULT_CONTEXT_TERMS, ConceptFilterConfig
+from pipeline.concepts.filters import DEFAULT_CONTEXT_TERMS, FilterReport, filter_concepts, normalise_concept
+from pipeline.config.concepts import ConceptFilterConfig
 
 STRIPPED = " .,;:!?\"'`*-"
 VOCAB = [
-    "a", "an", "the", "wing", "wings", "beak", "long", "red", "sky", "grass", "water", "heron", "herons",
-    "duck", "ducks", "bus", "buses", "glass", "glasses", "feet", "tail", "x", "ab", "cat", "t", "shirt",
-    "Wings", "THE", "Sky", "eye", "é", "café", "42",
+    "a",
+    "an",
+    "the",
+    "wing",
+    "wings",
+    "beak",
+    "long",
+    "red",
+    "sky",
+    "grass",
+    "water",
+    "heron",
+    "herons",
+    "duck",
+    "ducks",
+    "bus",
+    "buses",
+    "glass",
+    "glasses",
+    "feet",
+    "tail",
+    "x",
+    "ab",
+    "cat",
+    "t",
+    "shirt",
+    "Wings",
+    "THE",
+    "Sky",
+    "eye",
+    "é",
+    "café",
+    "42",
 ]
 SEPARATORS = [" ", "  ", "\t", "-", ", ", ".", "\n", "'", '"', "*", ""]
 
@@ -103,8 +133,19 @@ def test_normalise_concept_shape(raw: str) -> None:
 def test_filter_steps_and_report() -> None:
     config = ConceptFilterConfig(max_chars=12, max_concepts=3)
     proposed = [
-        "Long Beak", "long beak.", "blue sky", "heron head", "Herons", "", "   ", "grey heron legs far",
-        "wings", "tail", "crest", "webbed feet", "the sky",
+        "Long Beak",
+        "long beak.",
+        "blue sky",
+        "heron head",
+        "Herons",
+        "",
+        "   ",
+        "grey heron legs far",
+        "wings",
+        "tail",
+        "crest",
+        "webbed feet",
+        "the sky",
     ]
     kept, report = filter_concepts("grey heron", proposed, config)
     assert kept == ["long beak", "wings", "tail"]
@@ -123,7 +164,9 @@ def test_filter_steps_and_report() -> None:
 
 def test_filter_step_order() -> None:
     config = ConceptFilterConfig(max_chars=10, max_concepts=1, context_terms=["sky"])
-    kept, report = filter_concepts("duck", ["duck in the sky", "duck", "sky", "wing", "wing", "duck bill", "sky"], config)
+    kept, report = filter_concepts(
+        "duck", ["duck in the sky", "duck", "sky", "wing", "wing", "duck bill", "sky"], config
+    )
     assert kept == ["wing"]
     assert report.too_long == ["duck in the sky"]
     assert report.names_class == ["duck", "duck bill"]
@@ -209,7 +252,9 @@ def test_filter_concepts_properties(class_name: str, proposed: list[str], config
 
 @settings(max_examples=100, deadline=None)
 @given(proposed=st.lists(concept_texts, max_size=15), config=filter_configs())
-def test_filter_concepts_is_deterministic_and_unaffected_by_empties(proposed: list[str], config: ConceptFilterConfig) -> None:
+def test_filter_concepts_is_deterministic_and_unaffected_by_empties(
+    proposed: list[str], config: ConceptFilterConfig
+) -> None:
     kept, report = filter_concepts("grey heron", proposed, config)
     padded = [" ", *proposed, "", "..."]
     kept_padded, report_padded = filter_concepts("grey heron", padded, config)

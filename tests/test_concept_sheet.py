@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.mask_store import ImageMasks
-from pipeline.visualize import PART_PALETTE, concept_sheet
+from pipeline.masks.store import ImageMasks
+from pipeline.reports.charts import PART_PALETTE, concept_sheet
 
 TILE = 64
 SIZE = (16, 16)
@@ -22,7 +22,13 @@ def results() -> list[ImageMasks]:
     cat = np.stack([block(slice(0, 4), slice(0, 4)), np.zeros(SIZE, bool), block(slice(12, 16), slice(8, 16))])
     fish = np.stack([block(slice(4, 12), slice(4, 12))])
     return [
-        ImageMasks("img/cat", "cat", ["ears", "whiskers", "a very long concept name that cannot fit in its cell at all"], cat, boxes=[1, 1, 1]),
+        ImageMasks(
+            "img/cat",
+            "cat",
+            ["ears", "whiskers", "a very long concept name that cannot fit in its cell at all"],
+            cat,
+            boxes=[1, 1, 1],
+        ),
         ImageMasks("img/fish", "fish", ["fin"], fish, boxes=[1]),
     ]
 
@@ -58,7 +64,9 @@ def test_legend_names_each_concept_beside_its_colour() -> None:
         # lines below the image's own concepts stay blank (past the last line's descenders)
         assert (legend[(len(result.concepts) + 1) * line_h + 3 :] == 255).all()
     # the empty mask's colour is nowhere in the overlay: only the legend shows it
-    assert tuple(int(c) for c in (0.6 * PART_PALETTE[2]).astype(np.uint8)) not in colours_in(sheet[:TILE, TILE + 2 : 2 * TILE + 2])
+    assert tuple(int(c) for c in (0.6 * PART_PALETTE[2]).astype(np.uint8)) not in colours_in(
+        sheet[:TILE, TILE + 2 : 2 * TILE + 2]
+    )
     # a long name is cut to its cell: nothing is drawn in the gap between the cells
     assert (sheet[TILE:, cell_w - 4 : cell_w] == 255).all()
 

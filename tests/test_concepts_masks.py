@@ -10,13 +10,20 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from pipeline.array_store import DamagedStoreError, StoreError
-from pipeline.concepts import CONCEPTS_JSON, CONCEPTS_PARQUET, ConceptsError, catalog_concepts, read_concepts, write_concepts
-from pipeline.config import ConceptsConfig
-from pipeline.datasets import CUE_LABEL
-from pipeline.manifest import classes_of
-from pipeline.mask_store import STORE_NAME, TABLE_NAME, ImageMasks, MaskStore, write_mask_store
-from pipeline.masks_annotated import annotated_masks, resize_masks
+from pipeline.concepts.store import (
+    CONCEPTS_JSON,
+    CONCEPTS_PARQUET,
+    ConceptsError,
+    catalog_concepts,
+    read_concepts,
+    write_concepts,
+)
+from pipeline.config.concepts import ConceptsConfig
+from pipeline.data.array_store import DamagedStoreError, StoreError
+from pipeline.data.datasets import CUE_LABEL
+from pipeline.data.manifest import classes_of
+from pipeline.masks.annotated import annotated_masks, resize_masks
+from pipeline.masks.store import STORE_NAME, TABLE_NAME, ImageMasks, MaskStore, write_mask_store
 
 CLASSES = ["cat", "dog", "fish"]
 
@@ -30,7 +37,9 @@ def yaml_catalog(tmp_path: Path, text: str) -> ConceptsConfig:
 # --- concepts ---------------------------------------------------------------------------------
 
 
-def test_dataset_catalog_gives_world_parts(tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]]) -> None:
+def test_dataset_catalog_gives_world_parts(
+    tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]]
+) -> None:
     classes = classes_of(manifest)
     concepts, provenance = catalog_concepts(ConceptsConfig(), tiny_world, classes)
     assert list(concepts) == classes
@@ -54,7 +63,9 @@ def test_yaml_catalog(tmp_path: Path) -> None:
 
 
 def test_duplicates_removed_preserving_order(tmp_path: Path) -> None:
-    config = yaml_catalog(tmp_path, "cat: [whiskers, ears, whiskers, ' ears ', tail]\ndog: [snout, snout]\nfish: [fin]\n")
+    config = yaml_catalog(
+        tmp_path, "cat: [whiskers, ears, whiskers, ' ears ', tail]\ndog: [snout, snout]\nfish: [fin]\n"
+    )
     concepts, _ = catalog_concepts(config, tmp_path, CLASSES)
     assert concepts["cat"] == ["whiskers", "ears", "tail"]
     assert concepts["dog"] == ["snout"]
@@ -190,7 +201,14 @@ def test_image_without_usable_mask_and_fallback_flag(tmp_path: Path) -> None:
     results = [
         ImageMasks("img/none", "cat", ["ears"], np.zeros((1, *RESOLUTION), bool), scores=[0.2], boxes=[0]),
         ImageMasks("img/full", "cat", ["ears"], full, boxes=[2]),
-        ImageMasks("img/fb", "cat", ["ears", "cat"], np.concatenate([np.zeros((1, *RESOLUTION), bool), whole]), boxes=[0, 1], fallback=True),
+        ImageMasks(
+            "img/fb",
+            "cat",
+            ["ears", "cat"],
+            np.concatenate([np.zeros((1, *RESOLUTION), bool), whole]),
+            boxes=[0, 1],
+            fallback=True,
+        ),
     ]
     assert [r.flags() for r in results] == [["no_box"], ["full"], ["no_box", "fallback"]]
     assert [r.usable() for r in results] == [False, False, True]
@@ -205,8 +223,20 @@ def test_image_without_usable_mask_and_fallback_flag(tmp_path: Path) -> None:
 def test_streamed_store_spans_shards(tmp_path: Path) -> None:
     """A generator written shard by shard (3 images per shard) equals the list it came from."""
     rng = np.random.default_rng(1)
-    results = [ImageMasks(f"img/{i}", "cat", ["a", "b"][: 1 + i % 2], rng.random((1 + i % 2, *RESOLUTION)) > 0.5) for i in range(8)]
-    table = write_mask_store(tmp_path, iter(results), RESOLUTION, "test", image_count=8, max_concepts=2, images_per_shard=3, provenance={"k": 1})
+    results = [
+        ImageMasks(f"img/{i}", "cat", ["a", "b"][: 1 + i % 2], rng.random((1 + i % 2, *RESOLUTION)) > 0.5)
+        for i in range(8)
+    ]
+    table = write_mask_store(
+        tmp_path,
+        iter(results),
+        RESOLUTION,
+        "test",
+        image_count=8,
+        max_concepts=2,
+        images_per_shard=3,
+        provenance={"k": 1},
+    )
     store = MaskStore(tmp_path)
     assert store.provenance == {"k": 1}
     assert table.num_rows == sum(len(r.concepts) for r in results)
@@ -222,8 +252,12 @@ def test_mask_table_and_flags(store: tuple[MaskStore, pa.Table, list[ImageMasks]
     assert masks.table.equals(table)
     rows = table.to_pylist()
     assert [(r["image_id"], r["row"], r["slot"], r["concept"]) for r in rows] == [
-        ("img/a", 0, 0, "ears"), ("img/a", 0, 1, "whiskers"), ("img/a", 0, 2, "fur"),
-        ("img/b", 1, 0, "snout"), ("img/b", 1, 1, "tail"), ("img/c", 2, 0, "fin"),
+        ("img/a", 0, 0, "ears"),
+        ("img/a", 0, 1, "whiskers"),
+        ("img/a", 0, 2, "fur"),
+        ("img/b", 1, 0, "snout"),
+        ("img/b", 1, 1, "tail"),
+        ("img/c", 2, 0, "fin"),
     ]
     assert [r["flag"] for r in rows] == ["ok", "empty", "full", "ok", "no_annotation", "ok"]
     assert rows[3]["area_fraction"] == pytest.approx(0.95)
@@ -281,7 +315,9 @@ def test_deleted_mask_shard_is_named_at_open(tmp_path: Path) -> None:
     """zarr reads a missing shard as all-False masks: the store must refuse to open instead."""
     ids, root = sharded_store(tmp_path)
     shard(root, 1).unlink()
-    with pytest.raises(DamagedStoreError, match=rf"{shard(root, 1)}: shard file missing \(1 of 3 in .*masks\.zarr/masks\)"):
+    with pytest.raises(
+        DamagedStoreError, match=rf"{shard(root, 1)}: shard file missing \(1 of 3 in .*masks\.zarr/masks\)"
+    ):
         MaskStore(tmp_path)
 
 
@@ -307,19 +343,32 @@ def test_damaged_mask_shard_is_named_on_read(tmp_path: Path, damage: str) -> Non
         data = bytearray()
     path.write_bytes(bytes(data))
     store = MaskStore(tmp_path)
-    with pytest.raises(DamagedStoreError, match=rf"{path}: shard file unreadable \(ValueError: Stored and computed checksum do not match"):
+    with pytest.raises(
+        DamagedStoreError,
+        match=rf"{path}: shard file unreadable \(ValueError: Stored and computed checksum do not match",
+    ):
         store.union(ids[1:3])
-    np.testing.assert_array_equal(store.concept_masks(ids[:1])[0, 0], MaskStore(tmp_path).concept_masks(ids[:1])[0, 0])  # other shards read
+    np.testing.assert_array_equal(
+        store.concept_masks(ids[:1])[0, 0], MaskStore(tmp_path).concept_masks(ids[:1])[0, 0]
+    )  # other shards read
 
 
 def test_masks_that_differ_from_their_table_are_an_error(tmp_path: Path) -> None:
     """A shard from another run (valid checksums, other masks) does not pass as this store's."""
     ids, root = sharded_store(tmp_path / "a")
-    other = [ImageMasks(f"img/{i}", "cat", ["ears"], np.ones((1, *RESOLUTION), bool) if i == 0 else np.zeros((1, *RESOLUTION), bool)) for i in range(5)]
+    other = [
+        ImageMasks(
+            f"img/{i}", "cat", ["ears"], np.ones((1, *RESOLUTION), bool) if i == 0 else np.zeros((1, *RESOLUTION), bool)
+        )
+        for i in range(5)
+    ]
     write_mask_store(tmp_path / "b", other, RESOLUTION, "test", images_per_shard=2)
     shard(root, 0).write_bytes(shard(tmp_path / "b" / STORE_NAME / "masks" / "c", 0).read_bytes())
     store = MaskStore(tmp_path / "a")
-    with pytest.raises(DamagedStoreError, match=r"masks\.zarr: the masks of 2 image\(s\) differ from masks\.parquet, e\.g\. img/0 slot 0 covers 1\.0000"):
+    with pytest.raises(
+        DamagedStoreError,
+        match=r"masks\.zarr: the masks of 2 image\(s\) differ from masks\.parquet, e\.g\. img/0 slot 0 covers 1\.0000",
+    ):
         store.union(ids)
     assert store.concept_masks(ids[2:]).shape == (3, 1, *RESOLUTION)
 
@@ -346,7 +395,9 @@ def part_labels(tiny_world: Path, manifest: pa.Table, image_ids: list[str]) -> n
     return np.stack([group["train/part_labels"][index[i]] for i in image_ids])
 
 
-def test_annotated_masks_match_part_labels(tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]]) -> None:
+def test_annotated_masks_match_part_labels(
+    tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]]
+) -> None:
     ids = train_ids(manifest)
     results, size = annotated_masks(tiny_world, manifest, ids, world_concepts, None, progress=False)
     labels = part_labels(tiny_world, manifest, ids)
@@ -366,7 +417,9 @@ def test_annotated_masks_match_part_labels(tiny_world: Path, manifest: pa.Table,
         assert result.masks.any()
 
 
-def test_unknown_concept_gets_empty_mask_flagged(tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]], tmp_path: Path) -> None:
+def test_unknown_concept_gets_empty_mask_flagged(
+    tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]], tmp_path: Path
+) -> None:
     ids = train_ids(manifest, 4)
     concepts = {cls: [names[0].upper(), "unicorn horn"] for cls, names in world_concepts.items()}
     results, size = annotated_masks(tiny_world, manifest, ids, concepts, None, progress=False)
@@ -396,7 +449,10 @@ def test_annotated_resolution(tiny_world: Path, manifest: pa.Table, world_concep
 
 
 def test_annotated_needs_part_catalog(tmp_path: Path, manifest: pa.Table) -> None:
-    with pytest.raises(StoreError, match="annotated needs part annotations that come with the data .*a dataset without part annotations.*masks.backend: grounded_sam"):
+    with pytest.raises(
+        StoreError,
+        match="annotated needs part annotations that come with the data .*a dataset without part annotations.*masks.backend: grounded_sam",
+    ):
         annotated_masks(tmp_path, manifest, train_ids(manifest, 1), {}, None, progress=False)
 
 
@@ -416,9 +472,9 @@ def test_resize_masks_nearest_and_dtype() -> None:
 
 
 def test_finetuning_leaves_out_images_without_a_usable_mask(tmp_path: Path) -> None:
-    from pipeline.config import FinetuneConfig, TrainSchedule
-    from pipeline.datasets import ArraySplit
-    from pipeline.finetuning import FinetuneInputs, _with_masks
+    from pipeline.config.finetune import FinetuneConfig, TrainSchedule
+    from pipeline.data.datasets import ArraySplit
+    from pipeline.training.finetune import FinetuneInputs, _with_masks
 
     found = np.zeros((1, *RESOLUTION), dtype=bool)
     found[0, 1, 1] = True
@@ -428,7 +484,9 @@ def test_finetuning_leaves_out_images_without_a_usable_mask(tmp_path: Path) -> N
         ImageMasks("img/c", "cat", ["ears"], found.copy()),
     ]
     write_mask_store(tmp_path / "masks", results, RESOLUTION, "test")
-    data = ArraySplit(np.arange(3 * 2 * 2 * 3, dtype=np.uint8).reshape(3, 2, 2, 3), np.array([0, 1, 2]), ["img/a", "img/b", "img/c"])
+    data = ArraySplit(
+        np.arange(3 * 2 * 2 * 3, dtype=np.uint8).reshape(3, 2, 2, 3), np.array([0, 1, 2]), ["img/a", "img/b", "img/c"]
+    )
     inputs = FinetuneInputs(base_model=tmp_path, dataset=tmp_path, subset=tmp_path, masks=tmp_path / "masks")
 
     def config(objective: dict) -> FinetuneConfig:
@@ -442,4 +500,6 @@ def test_finetuning_leaves_out_images_without_a_usable_mask(tmp_path: Path) -> N
     write_mask_store(tmp_path / "none", results[1:2], RESOLUTION, "test")
     nothing = FinetuneInputs(base_model=tmp_path, dataset=tmp_path, subset=tmp_path, masks=tmp_path / "none")
     with pytest.raises(ValueError, match="no fine-tuning image has a usable concept mask"):
-        _with_masks(config({"objective": "relevance"}), nothing, ArraySplit(data.images[1:2], data.labels[1:2], ["img/b"]))
+        _with_masks(
+            config({"objective": "relevance"}), nothing, ArraySplit(data.images[1:2], data.labels[1:2], ["img/b"])
+        )

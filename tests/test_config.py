@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import BaseConfig, ConfigError, PrepareConfig, load_section
+from pipeline.config import ConfigError, load_section
+from pipeline.config.base import BaseConfig
+from pipeline.config.data import PrepareConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,3 +70,51 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 def test_missing_section_means_defaults(tmp_path: Path) -> None:
     path = write(tmp_path, "other: {}\n")
     assert load_section(path, "base", BaseConfig) == BaseConfig()
+
+
+# Settings of params.yaml that differ from the code's defaults on purpose, each with its reason.
+DELIBERATE = {
+    "base.model_kwargs": "the world's tiny ViT; a default would silently reshape any other model a user names",
+    "base.phases": "training phases name the world's splits; the default (none) keeps a pretrained model as it is",
+    "evaluate.models": "null means base + every method; dvc.yaml's matrix needs the list written out",
+    "evaluate.shortcut_tests": "names world benchmarks; a default would fail for a user's own benchmarks",
+}
+
+
+def params_differences() -> dict[str, tuple[object, object]]:
+    """dotted key -> (params.yaml value, code default) for every setting where they differ."""
+    import yaml
+
+    from pipeline.config.concepts import ConceptsConfig
+    from pipeline.config.evaluate import EvaluateConfig
+    from pipeline.config.finetune import TrainSchedule
+    from pipeline.config.masks import MasksConfig
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    sections = {
+        "data": (PrepareConfig, params.get("data")),
+        "base": (BaseConfig, params.get("base")),
+        "concepts": (ConceptsConfig, params.get("concepts")),
+        "masks": (MasksConfig, params.get("masks")),
+        "finetune.train": (TrainSchedule, params["finetune"].get("train")),
+        "evaluate": (EvaluateConfig, params.get("evaluate")),
+    }
+    differences: dict[str, tuple[object, object]] = {}
+
+    def compare(key: str, value: object, default: object) -> None:
+        if isinstance(value, dict) and isinstance(default, dict) and value and set(value) <= set(default):
+            for name, inner in value.items():
+                compare(f"{key}.{name}", inner, default[name])
+        elif value != default:
+            differences[key] = (value, default)
+
+    for name, (config_type, section) in sections.items():
+        compare(name, section or {}, config_type().model_dump(mode="json"))
+    return differences
+
+
+def test_code_defaults_equal_the_repository_params() -> None:
+    """A setting left out of a user's params behaves as in the repository's params.yaml."""
+    differences = params_differences()
+    assert {key: value for key, value in differences.items() if key not in DELIBERATE} == {}
+    assert sorted(DELIBERATE) == sorted(differences), "a deliberate difference is gone: drop it from DELIBERATE"

@@ -1,4 +1,4 @@
-"""ImageNet-C corruptions (pipeline/corruptions.py): the published formulas, severities, determinism."""
+"""ImageNet-C corruptions (pipeline/training/corruptions.py): the published formulas, severities, determinism."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import CORRUPTION_NAMES
-from pipeline.corruptions import CORRUPTIONS, corrupt, corrupt_batch
+from pipeline.training.corruptions import CORRUPTION_NAMES, CORRUPTIONS, corrupt, corrupt_batch
 
 
 def images(count: int = 4, size: int = 48, seed: int = 0) -> torch.Tensor:
@@ -64,7 +63,9 @@ def test_blur_and_pixelate_remove_detail() -> None:
 
     def roughness(batch: torch.Tensor) -> float:
         values = batch.float()
-        return (values[:, 1:] - values[:, :-1]).abs().mean().item() + (values[:, :, 1:] - values[:, :, :-1]).abs().mean().item()
+        return (values[:, 1:] - values[:, :-1]).abs().mean().item() + (
+            values[:, :, 1:] - values[:, :, :-1]
+        ).abs().mean().item()
 
     noisy = corrupt(x, "gaussian_noise", 2, gen())
     assert roughness(corrupt(noisy, "gaussian_blur", 2, gen())) < roughness(noisy) / 2
@@ -79,7 +80,9 @@ def test_batch_corrupts_a_share_with_one_corruption_each() -> None:
     changed = (out != x).any(dim=(1, 2, 3))
     assert 0.4 < changed.float().mean().item() < 0.6
     assert torch.equal(out, corrupt_batch(x, ["contrast", "gaussian_noise"], 3, 0.5, gen(3)))
-    assert torch.equal(corrupt_batch(x, ["contrast"], 3, 1.0, gen(3)), corrupt(x, "contrast", 3, gen()))  # contrast draws nothing
+    assert torch.equal(
+        corrupt_batch(x, ["contrast"], 3, 1.0, gen(3)), corrupt(x, "contrast", 3, gen())
+    )  # contrast draws nothing
 
 
 def test_bad_arguments_are_named() -> None:

@@ -15,13 +15,17 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-import pipeline.dinov2_classifier as dinov2
-from pipeline.config import BaseConfig, TrainPhase
-from pipeline.dinov2_classifier import Dinov2LinearClassifier, head_url
-from pipeline.models import ModelError, create_model, load_model_artifact, preprocessing_of, save_model_artifact
+import pipeline.models.dinov2_classifier as dinov2
+from pipeline.config.base import BaseConfig, TrainPhase
+from pipeline.models.dinov2_classifier import Dinov2LinearClassifier, head_url
+from pipeline.models.factory import ModelError, create_model, load_model_artifact, preprocessing_of, save_model_artifact
 from pipeline.relevance.attnlrp import attnlrp, relevance_cell
-from tests.lrp_reference import explicit_attnlrp
-from tests.relevance_checks import assert_alignment_gradients_match_finite_differences, assert_fine_tuning_steps_move_the_map, assert_untouched_outside_the_context
+from tests.helpers.lrp_reference import explicit_attnlrp
+from tests.helpers.relevance_checks import (
+    assert_alignment_gradients_match_finite_differences,
+    assert_fine_tuning_steps_move_the_map,
+    assert_untouched_outside_the_context,
+)
 
 TINY = {"img_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 5, "num_heads": 2, "init_values": 0.3}
 VARIANTS = {
@@ -36,7 +40,10 @@ def tiny_classifier(name: str = "dinov2_vits14_lc", seed: int = 0, **kwargs: obj
     model = timm.create_model(name, pretrained=False, **{"num_classes": 5, **TINY, **kwargs}).double().eval()
     with torch.no_grad():
         for parameter_name, parameter in model.named_parameters():
-            parameter.add_(torch.randn_like(parameter) * (0.3 if parameter.ndim == 1 or "token" in parameter_name or "pos" in parameter_name else 0.05))
+            parameter.add_(
+                torch.randn_like(parameter)
+                * (0.3 if parameter.ndim == 1 or "token" in parameter_name or "pos" in parameter_name else 0.05)
+            )
     return model
 
 
@@ -53,7 +60,9 @@ def metas_linear_probe(model: Dinov2LinearClassifier, x: torch.Tensor) -> torch.
         tokens = block(tokens)
         normed.append(model.norm(tokens))
     last_n = normed[-model.cls_layers :]
-    features = torch.cat([*(layer[:, 0] for layer in last_n), normed[-1][:, model.num_prefix_tokens :].mean(dim=1)], dim=1)
+    features = torch.cat(
+        [*(layer[:, 0] for layer in last_n), normed[-1][:, model.num_prefix_tokens :].mean(dim=1)], dim=1
+    )
     return model.head(features)
 
 
@@ -72,15 +81,25 @@ def test_full_size_architectures_match_metas_heads() -> None:
         assert (model.head.in_features, model.head.out_features) == (5 * embed_dim, 1000)
         assert model.patch_embed.patch_size == (14, 14) and model.num_prefix_tokens == prefix
         assert relevance_cell(model) == (14, 14)
-    assert head_url("dinov2_vitb14_lc", 4) == "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_linear4_head.pth"
-    assert head_url("dinov2_vits14_reg_lc", 1) == "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_reg4_linear_head.pth"
+    assert (
+        head_url("dinov2_vitb14_lc", 4)
+        == "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_linear4_head.pth"
+    )
+    assert (
+        head_url("dinov2_vits14_reg_lc", 1)
+        == "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_reg4_linear_head.pth"
+    )
 
 
 def test_meta_evaluation_transform_is_the_preprocessing() -> None:
     model = timm.create_model("dinov2_vitb14_lc", pretrained=False, depth=1)
     preprocessing = preprocessing_of(model, None)
     assert preprocessing["input_size"] == [3, 224, 224]
-    assert (preprocessing["crop_pct"], preprocessing["interpolation"], preprocessing["crop_mode"]) == (0.875, "bicubic", "center")
+    assert (preprocessing["crop_pct"], preprocessing["interpolation"], preprocessing["crop_mode"]) == (
+        0.875,
+        "bicubic",
+        "center",
+    )
 
 
 def test_cls_layers_is_checked() -> None:
@@ -133,7 +152,9 @@ PROBED = [
 
 
 def test_relevance_gradient_matches_finite_differences() -> None:
-    assert_alignment_gradients_match_finite_differences(tiny_classifier(), images(count=2), torch.tensor([3, 1]), PROBED)
+    assert_alignment_gradients_match_finite_differences(
+        tiny_classifier(), images(count=2), torch.tensor([3, 1]), PROBED
+    )
 
 
 def test_model_is_untouched_outside_the_context() -> None:
@@ -167,7 +188,9 @@ def backbone_and_head(tmp_path: Path, registers: bool = False) -> tuple[nn.Modul
 
 def expected_logits(backbone: nn.Module, head: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """From the backbone alone, through timm's own intermediate-feature API."""
-    layers = backbone.forward_intermediates(x, indices=4, norm=True, return_prefix_tokens=True, output_fmt="NLC", intermediates_only=True)
+    layers = backbone.forward_intermediates(
+        x, indices=4, norm=True, return_prefix_tokens=True, output_fmt="NLC", intermediates_only=True
+    )
     features = torch.cat([*(prefix[:, 0] for _, prefix in layers), layers[-1][0].mean(dim=1)], dim=1)
     return features @ head["weight"].T + head["bias"]
 
@@ -197,7 +220,9 @@ def test_metas_raw_backbone_file_with_registers(tmp_path: Path) -> None:
     meta["pos_embed"] = torch.cat([torch.full((1, 1, 16), 0.5), state["pos_embed"]], dim=1)
     weights = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
     torch.save(meta, weights)
-    model = create_model(config("dinov2_vits14_reg_lc", checkpoint=str(weights), classifier_checkpoint=str(head_path)), num_classes=1000).eval()
+    model = create_model(
+        config("dinov2_vits14_reg_lc", checkpoint=str(weights), classifier_checkpoint=str(head_path)), num_classes=1000
+    ).eval()
     x = torch.randn(2, 3, 28, 28)
     torch.testing.assert_close(model(x), expected_logits(backbone, head, x), rtol=1e-5, atol=1e-5)
 
@@ -206,10 +231,18 @@ def test_backbone_without_head_is_refused_for_imagenet(tmp_path: Path) -> None:
     backbone, _, _ = backbone_and_head(tmp_path)
     weights = tmp_path / "backbone.safetensors"
     save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(weights))
-    with pytest.raises(ModelError, match=r"backbone.safetensors: a backbone without the ImageNet linear head.*dinov2_vits14_linear4_head\.pth"):
+    with pytest.raises(
+        ModelError,
+        match=r"backbone.safetensors: a backbone without the ImageNet linear head.*dinov2_vits14_linear4_head\.pth",
+    ):
         create_model(config(checkpoint=str(weights)), num_classes=1000)
     # Training a new head (base phases) or another class set: a fresh head, as timm does.
-    assert create_model(config(checkpoint=str(weights), phases=[TrainPhase(split='pretrain', epochs=1)]), num_classes=1000).head.out_features == 1000
+    assert (
+        create_model(
+            config(checkpoint=str(weights), phases=[TrainPhase(split="pretrain", epochs=1)]), num_classes=1000
+        ).head.out_features
+        == 1000
+    )
     assert create_model(config(checkpoint=str(weights)), num_classes=10).head.out_features == 10
 
 
@@ -217,7 +250,11 @@ def test_head_file_errors_name_the_file(tmp_path: Path) -> None:
     backbone, _, head_path = backbone_and_head(tmp_path)
     weights = tmp_path / "backbone.safetensors"
     save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(weights))
-    one_layer = config(checkpoint=str(weights), classifier_checkpoint=str(head_path), model_kwargs={**CLASSIFIER_KWARGS, "cls_layers": 1})
+    one_layer = config(
+        checkpoint=str(weights),
+        classifier_checkpoint=str(head_path),
+        model_kwargs={**CLASSIFIER_KWARGS, "cls_layers": 1},
+    )
     with pytest.raises(ModelError, match=r"linear4_head.pth: head weight \(1000, 80\) does not fit.*cls_layers"):
         create_model(one_layer, num_classes=1000)
     garbage = tmp_path / "garbage.pth"
@@ -225,7 +262,10 @@ def test_head_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="garbage.pth: not a readable torch file"):
         create_model(config(checkpoint=str(weights), classifier_checkpoint=str(garbage)), num_classes=1000)
     with pytest.raises(ModelError, match="classifier_checkpoint is for DINOv2 classifiers"):
-        create_model(BaseConfig(model="vit_tiny_patch16_224", pretrained=True, classifier_checkpoint=str(head_path)), num_classes=1000)
+        create_model(
+            BaseConfig(model="vit_tiny_patch16_224", pretrained=True, classifier_checkpoint=str(head_path)),
+            num_classes=1000,
+        )
 
 
 @pytest.fixture()
@@ -241,7 +281,9 @@ def local_weights_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     server.shutdown()
 
 
-def test_hub_route_downloads_metas_head(tmp_path: Path, local_weights_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_route_downloads_metas_head(
+    tmp_path: Path, local_weights_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``pretrained=True`` without a local file: backbone through timm (here an in-memory state
     instead of the hub), then Meta's head through torch.hub from its URL, cached in TORCH_HOME."""
     url, served = local_weights_server
@@ -251,7 +293,10 @@ def test_hub_route_downloads_metas_head(tmp_path: Path, local_weights_server: tu
     (served / "dinov2_vits14").mkdir()
     head_path.rename(served / "dinov2_vits14" / "dinov2_vits14_linear4_head.pth")
     model = timm.create_model(
-        "dinov2_vits14_lc", pretrained=True, pretrained_cfg_overlay={"state_dict": backbone.state_dict()}, **CLASSIFIER_KWARGS
+        "dinov2_vits14_lc",
+        pretrained=True,
+        pretrained_cfg_overlay={"state_dict": backbone.state_dict()},
+        **CLASSIFIER_KWARGS,
     ).eval()
     x = torch.randn(2, 3, 28, 28)
     torch.testing.assert_close(model(x), expected_logits(backbone, head, x), rtol=1e-5, atol=1e-5)
@@ -264,7 +309,9 @@ def test_artifact_round_trip(tmp_path: Path) -> None:
     save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(weights))
     base = config(checkpoint=str(weights), classifier_checkpoint=str(head_path))
     model = create_model(base, num_classes=1000).eval()
-    save_model_artifact(tmp_path / "artifact", model, base, [f"c{i}" for i in range(1000)], preprocessing_of(model, None))
+    save_model_artifact(
+        tmp_path / "artifact", model, base, [f"c{i}" for i in range(1000)], preprocessing_of(model, None)
+    )
     rebuilt, spec = load_model_artifact(tmp_path / "artifact")
     assert spec["timm_name"] == "dinov2_vits14_lc" and spec["preprocessing"]["input_size"] == [3, 28, 28]
     x = torch.randn(2, 3, 28, 28)

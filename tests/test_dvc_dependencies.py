@@ -4,7 +4,7 @@ The code a stage runs is the import closure of its command module (``cft <name>`
 ``stages/<name>.py``): every ``pipeline``/``stages`` module it imports, at the top or inside a
 function, followed transitively, with the package ``__init__`` files on the way. ``stages/cli.py``
 only registers the commands and is not part of any stage's closure. Files named in params are
-covered by ``pipeline.dvc_inputs`` (tested below through DVC itself).
+covered by ``pipeline.utils.dvc_inputs`` (tested below through DVC itself).
 """
 
 from __future__ import annotations
@@ -98,9 +98,14 @@ def test_stage_depends_on_every_module_it_imports(stage: str) -> None:
 
 def test_import_closure_sees_imports_inside_functions(tmp_path: Path) -> None:
     closure = {path.as_posix() for path in import_closure("stages.finetune")}
-    # finetune imports pipeline.finetuning inside its command function, and finetuning imports
+    # finetune imports pipeline.training.finetune inside its command function, and finetuning imports
     # masks_annotated (the whole-object masks) only when it is needed.
-    assert {"stages/finetune.py", "stages/common.py", "pipeline/finetuning.py", "pipeline/__init__.py"} <= closure
+    assert {
+        "stages/finetune.py",
+        "stages/common.py",
+        "pipeline/training/finetune.py",
+        "pipeline/__init__.py",
+    } <= closure
     assert "stages/cli.py" not in closure and "stages/evaluate.py" not in closure
 
 
@@ -118,7 +123,9 @@ def test_lock_file_holds_only_stages_of_the_pipeline() -> None:
     with Repo(str(REPO)) as repo:
         defined = {stage.addressing for stage in repo.index.stages}
     locked = set(yaml.safe_load((REPO / "dvc.lock").read_text())["stages"])
-    assert not locked - defined, f"dvc.lock: entries of stages that dvc.yaml no longer defines: {sorted(locked - defined)}"
+    assert not locked - defined, (
+        f"dvc.lock: entries of stages that dvc.yaml no longer defines: {sorted(locked - defined)}"
+    )
 
 
 def test_committed_outputs_belong_to_a_stage() -> None:
@@ -129,8 +136,15 @@ def test_committed_outputs_belong_to_a_stage() -> None:
 
     with Repo(str(REPO)) as repo:
         outputs = [Path(out.fs_path).relative_to(REPO).as_posix() for stage in repo.index.stages for out in stage.outs]
-    tracked = subprocess.run(["git", "ls-files", "metrics", "plots", "results"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    orphans = [name for name in tracked if name.rsplit("/", 1)[-1] != ".gitignore" and not any(name == out or name.startswith(out + "/") for out in outputs)]
+    tracked = subprocess.run(
+        ["git", "ls-files", "metrics", "plots", "results"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    orphans = [
+        name
+        for name in tracked
+        if name.rsplit("/", 1)[-1] != ".gitignore"
+        and not any(name == out or name.startswith(out + "/") for out in outputs)
+    ]
     assert not orphans, f"files in git that no stage writes: {orphans[:10]}"
 
 
@@ -139,13 +153,17 @@ def test_readme_shows_the_pipeline_as_dvc_draws_it() -> None:
     import sys
 
     dvc = Path(sys.executable).parent / "dvc"
-    drawn = subprocess.run([str(dvc), "dag", "--md"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    drawn = subprocess.run(
+        [str(dvc), "dag", "--md"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert drawn.startswith("```mermaid")
-    assert drawn in (REPO / "README.md").read_text(), "README.md: the `dvc dag --md` block differs from `dvc dag --md`; paste its output again"
+    assert drawn in (REPO / "README.md").read_text(), (
+        "README.md: the `dvc dag --md` block differs from `dvc dag --md`; paste its output again"
+    )
 
 
 def test_evaluations_do_not_depend_on_how_the_report_draws() -> None:
     """A change to the report's code reruns `report` alone, never the (expensive) evaluations."""
     evaluate = stages()["evaluate"]
-    assert not covered(Path("pipeline/benchmarks/summary.py"), stage_deps(evaluate))
-    assert "pipeline/benchmarks/summary.py" not in {path.as_posix() for path in import_closure(command_module(evaluate))}
+    assert not covered(Path("pipeline/reports/summary.py"), stage_deps(evaluate))
+    assert "pipeline/reports/summary.py" not in {path.as_posix() for path in import_closure(command_module(evaluate))}

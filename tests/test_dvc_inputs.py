@@ -1,4 +1,4 @@
-"""Files named in params must be DVC dependencies of the stage that reads them (pipeline.dvc_inputs)."""
+"""Files named in params must be DVC dependencies of the stage that reads them (pipeline.utils.dvc_inputs)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dvc_inputs import UndeclaredInputError, check_declared
+from pipeline.utils.dvc_inputs import UndeclaredInputError, check_declared
 
 PIPELINE = """stages:
   concepts:
@@ -41,13 +41,24 @@ def test_outside_dvc_nothing_is_checked(repo: Path, monkeypatch: pytest.MonkeyPa
 def test_a_declared_file_or_a_file_in_a_declared_folder_passes(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DVC_STAGE", "concepts")
     monkeypatch.setenv("DVC_ROOT", str(repo))
-    check_declared({"concepts.catalog": "inputs/catalog.yaml", "sam": "weights/sam.pth", "unset": None, "missing": "inputs/nowhere.yaml"}, Path("params.yaml"))
+    check_declared(
+        {
+            "concepts.catalog": "inputs/catalog.yaml",
+            "sam": "weights/sam.pth",
+            "unset": None,
+            "missing": "inputs/nowhere.yaml",
+        },
+        Path("params.yaml"),
+    )
 
 
 def test_an_undeclared_file_stops_the_stage_naming_the_line_to_add(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DVC_STAGE", "concepts")
     monkeypatch.setenv("DVC_ROOT", str(repo))
-    with pytest.raises(UndeclaredInputError, match=r"concepts.catalog = inputs/other.yaml is read by stage 'concepts' but is not one of its deps") as caught:
+    with pytest.raises(
+        UndeclaredInputError,
+        match=r"concepts.catalog = inputs/other.yaml is read by stage 'concepts' but is not one of its deps",
+    ) as caught:
         check_declared({"concepts.catalog": "inputs/other.yaml", "sam": "weights/sam.pth"}, Path("params.yaml"))
     assert caught.value.args[0].endswith("\n      - inputs/other.yaml")
     assert "sam" not in caught.value.args[0]

@@ -3,38 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import TINY_SPLITS
-from tests.test_stages import TINY_BASE, TINY_EVALUATE, TINY_FINETUNE, TINY_SUBSET
+from tests.helpers.project import copy_repository, run
+from tests.helpers.tiny import TINY_BASE, TINY_EVALUATE, TINY_FINETUNE, TINY_SPLITS, TINY_SUBSET
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout + result.stderr
-
-
-def copy_repository(root: Path) -> None:
-    """The project's code and pipeline definition, without any outputs, into ``root``."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for name in listed:
-        if (REPO / name).is_file() and (name.startswith("data/weights/") or not name.startswith(("data/", "models/", "metrics/", "plots/", "results/"))) and name != "dvc.lock":
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
+pytestmark = pytest.mark.slow  # whole `dvc repro` runs: minutes
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +34,17 @@ def test_repro_runs_every_stage(project: Path) -> None:
     output = run(["dvc", "repro"], project)
     models = ("base", "cft", "plain", "corruptions")
     evaluations = [f"evaluate@{benchmark}-{model}" for benchmark in ("test", "swapped_bg") for model in models]
-    for stage in ("prepare", "base", "concepts", "masks", "finetune@cft", "finetune@plain", "finetune@corruptions", *evaluations, "report"):
+    for stage in (
+        "prepare",
+        "base",
+        "concepts",
+        "masks",
+        "finetune@cft",
+        "finetune@plain",
+        "finetune@corruptions",
+        *evaluations,
+        "report",
+    ):
         assert f"Running stage '{stage}'" in output
     details = json.loads((project / "results" / "base.json").read_text())
     assert "swapped_bg" in details["accuracy"]
@@ -99,7 +87,9 @@ def test_benchmark_change_reruns_only_that_benchmark_and_the_report(project: Pat
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     output = run(["dvc", "repro"], project)
     ran = set(re.findall(r"Running stage '([^']+)'", output))
-    assert ran == {f"evaluate@swapped_bg-{model}" for model in ("base", "cft", "plain", "corruptions")} | {"report"}, ran
+    assert ran == {f"evaluate@swapped_bg-{model}" for model in ("base", "cft", "plain", "corruptions")} | {"report"}, (
+        ran
+    )
     evaluated = json.loads((project / "results/evaluate/swapped_bg/base/scores.json").read_text())
     assert evaluated["scores"]["images"] == 20
 
@@ -115,7 +105,16 @@ def test_concepts_param_change_reruns_concepts_but_not_masks_when_concepts_are_t
 
 
 # Outputs DVC caches (and so pushes): git ignores them; a clone gets them only from the remote.
-CACHED_OUTS = ("data/prepared", "data/subset", "data/concepts", "data/masks", "models/base", "models/cft", "models/plain", "results/evaluate/test/cft")
+CACHED_OUTS = (
+    "data/prepared",
+    "data/subset",
+    "data/concepts",
+    "data/masks",
+    "models/base",
+    "models/cft",
+    "models/plain",
+    "results/evaluate/test/cft",
+)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -134,7 +133,9 @@ def dvc_status(cwd: Path) -> dict:
     return json.loads(next(line for line in output.splitlines() if line.startswith("{")))
 
 
-def test_outputs_pushed_to_a_remote_pull_into_a_clone_without_recomputing_masks(project: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_outputs_pushed_to_a_remote_pull_into_a_clone_without_recomputing_masks(
+    project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     remote = tmp_path_factory.mktemp("remote")
     run(["dvc", "remote", "add", "-d", "store", str(remote)], project)
     git = ["git", "-c", "user.name=cft tests", "-c", "user.email=tests@cft.invalid"]

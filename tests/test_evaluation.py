@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.benchmarks.summary import compact
-from pipeline.benchmarks.summary import summarise as summarise_benchmarks
-from pipeline.checkpoint import STATE_NAME, fingerprint, load_state, save_state
-from pipeline.config import EvaluateConfig
-from pipeline.evaluation import SegmentationCounts, binarise_at_mean
+from pipeline.benchmarks.mask_scores import SegmentationCounts, binarise_at_mean
+from pipeline.config.evaluate import EvaluateConfig
+from pipeline.reports.summary import compact
+from pipeline.reports.summary import summarise as summarise_benchmarks
+from pipeline.utils.checkpoint import STATE_NAME, fingerprint, load_state, save_state
 
 # Two 2x2 images whose dataset-level IoU (summed counts) differs from the mean of per-image IoUs.
 PREDICTED = np.array([[[1, 0], [0, 0]], [[1, 0], [0, 0]]])
@@ -81,20 +81,33 @@ def split_metrics(accuracy: float, unseen: float, miou: float | None = None) -> 
     return metrics
 
 
-def summarise(results: dict[str, dict[str, dict[str, float]]], in_distribution: str, reference: str = "base") -> dict[str, dict[str, float]]:
+def summarise(
+    results: dict[str, dict[str, dict[str, float]]], in_distribution: str, reference: str = "base"
+) -> dict[str, dict[str, float]]:
     """results[model][benchmark] -> the per-benchmark metrics files `cft report` reads (NaN as JSON null)."""
     per_benchmark: dict[str, dict[str, object]] = {}
     for model, per in results.items():
         for name, metrics in per.items():
-            row = {key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in metrics.items()}
+            row = {
+                key: (None if isinstance(value, float) and math.isnan(value) else value)
+                for key, value in metrics.items()
+            }
             per_benchmark.setdefault(name, {"models": {}})["models"][model] = row  # type: ignore[index]
     return summarise_benchmarks(per_benchmark, in_distribution, reference)  # type: ignore[arg-type]
 
 
 def test_summarise() -> None:
     results = {
-        "base": {"test": split_metrics(0.9, 0.8, 0.5), "sketch": split_metrics(0.4, 0.3, 0.2), "scene": split_metrics(0.6, 0.5, 0.4)},
-        "cft": {"test": split_metrics(0.95, 0.7, 0.9), "sketch": split_metrics(0.5, 0.2, math.nan), "scene": split_metrics(0.7, 0.6, 0.6)},
+        "base": {
+            "test": split_metrics(0.9, 0.8, 0.5),
+            "sketch": split_metrics(0.4, 0.3, 0.2),
+            "scene": split_metrics(0.6, 0.5, 0.4),
+        },
+        "cft": {
+            "test": split_metrics(0.95, 0.7, 0.9),
+            "sketch": split_metrics(0.5, 0.2, math.nan),
+            "scene": split_metrics(0.7, 0.6, 0.6),
+        },
         "other": {"sketch": split_metrics(0.1, 0.1)},
     }
     summary = summarise(results, in_distribution="test")
@@ -114,8 +127,18 @@ def test_summarise() -> None:
         "in_distribution_accuracy": 0.95,
         "forgetting_unseen": 0.1,
     }
-    assert compact(summary["cft"]) == {"ood_acc": 0.6, "ood_seen": 0.7, "ood_unseen": 0.4, "id_acc": 0.95, "forgetting": 0.1}
-    assert summary["other"] == {"ood_accuracy_mean": 0.1, "ood_accuracy_seen_mean": 0.2, "ood_accuracy_unseen_mean": 0.1}
+    assert compact(summary["cft"]) == {
+        "ood_acc": 0.6,
+        "ood_seen": 0.7,
+        "ood_unseen": 0.4,
+        "id_acc": 0.95,
+        "forgetting": 0.1,
+    }
+    assert summary["other"] == {
+        "ood_accuracy_mean": 0.1,
+        "ood_accuracy_seen_mean": 0.2,
+        "ood_accuracy_unseen_mean": 0.1,
+    }
 
 
 def test_summarise_reports_apart_shortcut_drops_and_cue_lift() -> None:
@@ -127,8 +150,12 @@ def test_summarise_reports_apart_shortcut_drops_and_cue_lift() -> None:
             "sketch": split_metrics(0.1, 0.1),
         },
     }
-    per_benchmark: dict[str, dict[str, object]] = {name: {"models": {"base": row}} for name, row in results["base"].items()}
-    summary = summarise_benchmarks(per_benchmark, "test", apart=frozenset({"sketch"}), shortcut_tests={"cue": "cue_swapped", "bg": "swapped_bg"})  # type: ignore[arg-type]
+    per_benchmark: dict[str, dict[str, object]] = {
+        name: {"models": {"base": row}} for name, row in results["base"].items()
+    }
+    summary = summarise_benchmarks(
+        per_benchmark, "test", apart=frozenset({"sketch"}), shortcut_tests={"cue": "cue_swapped", "bg": "swapped_bg"}
+    )  # type: ignore[arg-type]
     row = summary["base"]
     assert row["ood_accuracy_mean"] == pytest.approx(0.775)  # sketch reported apart
     assert row["cue_drop"] == pytest.approx(0.2) and row["bg_drop"] == pytest.approx(0.05)
@@ -139,7 +166,9 @@ def test_summarise_reports_apart_shortcut_drops_and_cue_lift() -> None:
 
 def test_shortcut_tests_must_name_benchmarks() -> None:
     benchmarks = {"test": {"kind": "split"}, "cue_swapped": {"kind": "split"}}
-    assert EvaluateConfig(benchmarks=benchmarks, shortcut_tests={"cue": "cue_swapped"}).shortcut_tests == {"cue": "cue_swapped"}
+    assert EvaluateConfig(benchmarks=benchmarks, shortcut_tests={"cue": "cue_swapped"}).shortcut_tests == {
+        "cue": "cue_swapped"
+    }
     with pytest.raises(ValueError, match="not in the benchmarks"):
         EvaluateConfig(benchmarks=benchmarks, shortcut_tests={"bg": "swapped_bg"})
     with pytest.raises(ValueError, match="set in_distribution"):
@@ -281,7 +310,7 @@ def test_load_state_torn_or_foreign(tmp_path: Path) -> None:
 
 
 def test_source_digest_follows_python_sources_only(tmp_path: Path) -> None:
-    from pipeline.checkpoint import source_digest
+    from pipeline.utils.checkpoint import source_digest
 
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "a.py").write_text("x = 1\n")

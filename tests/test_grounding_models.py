@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import GroundingDinoConfig, SamConfig
-from pipeline.grounding import (
+from pipeline.config.masks import GroundingDinoConfig, SamConfig
+from pipeline.masks.grounding import (
     ConceptDetector,
     GroundingError,
     build_grounding_dino,
@@ -20,9 +20,15 @@ from pipeline.grounding import (
     load_grounding_dino,
     resolve_text_encoder,
 )
-from pipeline.model_files import ModelFileError, file_sha256
-from pipeline.segmenting import SAM_ARCHITECTURES, BoxSegmenter, build_sam, load_sam
-from tests.grounded_models import GROUNDING_OVERRIDES, TINY_SAM, spread_scores, tiny_grounding_config, tiny_text_encoder
+from pipeline.masks.segmenting import SAM_ARCHITECTURES, BoxSegmenter, build_sam, load_sam
+from pipeline.models.weights import ModelFileError, file_sha256
+from tests.helpers.grounded_models import (
+    GROUNDING_OVERRIDES,
+    TINY_SAM,
+    spread_scores,
+    tiny_grounding_config,
+    tiny_text_encoder,
+)
 
 CPU = torch.device("cpu")
 PROMPTS = ["long beak", "wings", "red tail"]
@@ -43,7 +49,9 @@ def grounding_model(text_encoder: Path) -> torch.nn.Module:
 
 @pytest.fixture
 def detector(grounding_model: torch.nn.Module, text_encoder: Path) -> ConceptDetector:
-    return ConceptDetector(grounding_model, tiny_grounding_config(text_encoder, box_threshold=0.0, text_threshold=0.0), CPU)
+    return ConceptDetector(
+        grounding_model, tiny_grounding_config(text_encoder, box_threshold=0.0, text_threshold=0.0), CPU
+    )
 
 
 def random_image(height: int = 72, width: int = 120, seed: int = 0) -> np.ndarray:
@@ -60,7 +68,9 @@ def test_box_conversion_cxcywh_to_xyxy() -> None:
     np.testing.assert_allclose(cxcywh_to_xyxy(boxes).numpy(), [[0, 0, 1, 1], [0.2, 0.65, 0.3, 0.85]], atol=1e-6)
 
 
-def test_detections_are_pixel_boxes_of_the_original_image(detector: ConceptDetector, grounding_model: torch.nn.Module) -> None:
+def test_detections_are_pixel_boxes_of_the_original_image(
+    detector: ConceptDetector, grounding_model: torch.nn.Module
+) -> None:
     """Boxes come back as x0 y0 x1 y1 pixels of the *original* image, from the model's normalised cx cy w h."""
     image = random_image(72, 120)
     results = detector.detect(image, PROMPTS)
@@ -94,7 +104,9 @@ def test_prompts_batched_equal_one_by_one(detector: ConceptDetector) -> None:
 def test_backbone_runs_once_per_image(detector: ConceptDetector) -> None:
     """Prompts of two token lengths make two model calls; the Swin backbone still computes once."""
     computed: list[int] = []
-    handle = detector.model.backbone[0].patch_embed.register_forward_hook(lambda module, args, out: computed.append(args[0].shape[0]))
+    handle = detector.model.backbone[0].patch_embed.register_forward_hook(
+        lambda module, args, out: computed.append(args[0].shape[0])
+    )
     try:
         detector.detect(random_image(), PROMPTS + ["wheel", "door"])
         detector.detect(random_image(seed=9), ["wheel"])
@@ -117,18 +129,26 @@ def test_shared_backbone_features_equal_separate_ones(detector: ConceptDetector)
 
 def test_thresholds_filter_boxes(grounding_model: torch.nn.Module, text_encoder: Path) -> None:
     image = random_image(seed=2)
-    loose = ConceptDetector(grounding_model, tiny_grounding_config(text_encoder, box_threshold=0.0, text_threshold=0.0, max_boxes=900), CPU).detect(image, PROMPTS)
+    loose = ConceptDetector(
+        grounding_model, tiny_grounding_config(text_encoder, box_threshold=0.0, text_threshold=0.0, max_boxes=900), CPU
+    ).detect(image, PROMPTS)
     # The threshold sits in the widest gap between scores of the middle half, not on a score: the
     # second pass recomputes the scores, and a box scoring exactly the threshold may land either side.
     ranked = np.sort(np.concatenate([d.scores for d in loose]))
     middle = ranked[len(ranked) // 4 : 3 * len(ranked) // 4]
     widest = int(np.argmax(np.diff(middle)))
     threshold = float(middle[widest] + middle[widest + 1]) / 2
-    strict = ConceptDetector(grounding_model, tiny_grounding_config(text_encoder, box_threshold=threshold, text_threshold=0.0, max_boxes=900), CPU).detect(image, PROMPTS)
+    strict = ConceptDetector(
+        grounding_model,
+        tiny_grounding_config(text_encoder, box_threshold=threshold, text_threshold=0.0, max_boxes=900),
+        CPU,
+    ).detect(image, PROMPTS)
     for before, after in zip(loose, strict, strict=True):
         assert len(before.boxes) == GROUNDING_OVERRIDES["num_queries"]
         assert (after.scores > threshold).all() and len(after.boxes) == int((before.scores > threshold).sum())
-    nothing = ConceptDetector(grounding_model, tiny_grounding_config(text_encoder, box_threshold=0.999999), CPU).detect(image, PROMPTS)
+    nothing = ConceptDetector(grounding_model, tiny_grounding_config(text_encoder, box_threshold=0.999999), CPU).detect(
+        image, PROMPTS
+    )
     assert all(len(d.boxes) == 0 and d.boxes.shape == (0, 4) for d in nothing)
     assert all(d.best_score < 0.999999 for d in nothing)  # still reported, for QC
 
@@ -146,7 +166,9 @@ def test_text_threshold_reads_the_concepts_own_words(grounding_model: torch.nn.M
     config = tiny_grounding_config(text_encoder, box_threshold=0.0, text_threshold=threshold)
     (found,) = ConceptDetector(grounding_model, config, CPU).detect(image, ["wings"])
     assert len(found.boxes) == 0
-    config = tiny_grounding_config(text_encoder, box_threshold=0.0, text_threshold=float(word.max()) - 1e-3, max_boxes=900)
+    config = tiny_grounding_config(
+        text_encoder, box_threshold=0.0, text_threshold=float(word.max()) - 1e-3, max_boxes=900
+    )
     (found,) = ConceptDetector(grounding_model, config, CPU).detect(image, ["wings"])
     assert len(found.boxes) == int((word > float(word.max()) - 1e-3).sum()) >= 1
 
@@ -155,7 +177,9 @@ def test_text_encoder_offline_fails_fast_with_instructions(tmp_path: Path, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     started = time.perf_counter()
-    with pytest.raises(GroundingError, match=r"huggingface-cli download bert-base-uncased.*text_encoder to a local directory"):
+    with pytest.raises(
+        GroundingError, match=r"huggingface-cli download bert-base-uncased.*text_encoder to a local directory"
+    ):
         resolve_text_encoder("bert-base-uncased")
     assert time.perf_counter() - started < 10
     with pytest.raises(GroundingError, match="text encoder directory not found"):
@@ -177,7 +201,9 @@ def test_grounding_checkpoint_round_trip(grounding_model: torch.nn.Module, text_
     config = tiny_grounding_config(text_encoder, checkpoint=path, sha256=file_sha256(path))
     loaded, provenance = load_grounding_dino(config, GROUNDING_OVERRIDES)
     assert provenance["sha256"] == file_sha256(path) and provenance["unexpected_weights"] == 0
-    for (name, expected), (_, actual) in zip(grounding_model.state_dict().items(), loaded.state_dict().items(), strict=True):
+    for (name, expected), (_, actual) in zip(
+        grounding_model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
         torch.testing.assert_close(actual, expected, msg=name)
     image = random_image(seed=4)
     config = tiny_grounding_config(text_encoder, box_threshold=0.0, text_threshold=0.0)
@@ -187,7 +213,9 @@ def test_grounding_checkpoint_round_trip(grounding_model: torch.nn.Module, text_
         np.testing.assert_allclose(x.boxes, y.boxes, atol=1e-4)
 
 
-def test_grounding_checkpoint_problems_are_named(grounding_model: torch.nn.Module, text_encoder: Path, tmp_path: Path) -> None:
+def test_grounding_checkpoint_problems_are_named(
+    grounding_model: torch.nn.Module, text_encoder: Path, tmp_path: Path
+) -> None:
     missing = tmp_path / "missing.pth"
     with pytest.raises(ModelFileError, match="missing.pth: GroundingDINO checkpoint not found"):
         load_grounding_dino(tiny_grounding_config(text_encoder, checkpoint=missing), GROUNDING_OVERRIDES)
@@ -197,20 +225,26 @@ def test_grounding_checkpoint_problems_are_named(grounding_model: torch.nn.Modul
     with pytest.raises(ModelFileError, match="partial.pth: .* weights of the model are not in the checkpoint"):
         load_grounding_dino(tiny_grounding_config(text_encoder, checkpoint=partial), GROUNDING_OVERRIDES)
     with pytest.raises(ModelFileError, match="differs from the GroundingDINO checksum"):
-        load_grounding_dino(tiny_grounding_config(text_encoder, checkpoint=partial, sha256="0" * 64), GROUNDING_OVERRIDES)
+        load_grounding_dino(
+            tiny_grounding_config(text_encoder, checkpoint=partial, sha256="0" * 64), GROUNDING_OVERRIDES
+        )
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelFileError, match="corrupt.pth: not a readable PyTorch checkpoint"):
         load_grounding_dino(tiny_grounding_config(text_encoder, checkpoint=corrupt), GROUNDING_OVERRIDES)
 
 
-def test_pickled_extras_load_only_from_a_pinned_file(grounding_model: torch.nn.Module, text_encoder: Path, tmp_path: Path) -> None:
+def test_pickled_extras_load_only_from_a_pinned_file(
+    grounding_model: torch.nn.Module, text_encoder: Path, tmp_path: Path
+) -> None:
     """Published GroundingDINO files may pickle training args; unpickling runs code, so it needs a pinned sha256."""
     path = tmp_path / "with_args.pth"
     torch.save({"model": grounding_model.state_dict(), "args": argparse.Namespace(lr=1e-4)}, path)
     with pytest.raises(ModelFileError, match="set its sha256 in params"):
         load_grounding_dino(tiny_grounding_config(text_encoder, checkpoint=path), GROUNDING_OVERRIDES)
-    loaded, _ = load_grounding_dino(tiny_grounding_config(text_encoder, checkpoint=path, sha256=file_sha256(path)), GROUNDING_OVERRIDES)
+    loaded, _ = load_grounding_dino(
+        tiny_grounding_config(text_encoder, checkpoint=path, sha256=file_sha256(path)), GROUNDING_OVERRIDES
+    )
     assert isinstance(loaded, torch.nn.Module)
 
 
@@ -289,7 +323,10 @@ def test_full_size_vit_b_weights_load_through_params(tmp_path: Path) -> None:
     loaded, provenance = load_sam(SamConfig(model_type="vit_b", checkpoint=path, sha256=file_sha256(path)))
     assert provenance["sha256"] == file_sha256(path)
     torch.testing.assert_close(loaded.image_encoder.pos_embed, original.image_encoder.pos_embed)
-    torch.testing.assert_close(loaded.mask_decoder.iou_prediction_head.layers[0].weight, original.mask_decoder.iou_prediction_head.layers[0].weight)
+    torch.testing.assert_close(
+        loaded.mask_decoder.iou_prediction_head.layers[0].weight,
+        original.mask_decoder.iou_prediction_head.layers[0].weight,
+    )
     assert sum(p.numel() for p in loaded.parameters()) > 90_000_000
 
 

@@ -1,4 +1,4 @@
-"""`data.source: imagefolder` (pipeline/imagefolder.py) on hand-built tiny image trees."""
+"""`data.source: imagefolder` (pipeline/data/imagefolder.py) on hand-built tiny image trees."""
 
 from __future__ import annotations
 
@@ -14,16 +14,24 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.config import ImageFolderConfig, SubsetConfig
-from pipeline.datasets import load_image_list
-from pipeline.imagefolder import ImageFolderError, check_image, select_imagefolder, write_imagefolder
-from pipeline.manifest import MANIFEST_NAME, classes_of, read_manifest, readable_names_of
-from pipeline.subset import SUBSET_NAME, SubsetError, read_subset
+from pipeline.config.data import ImageFolderConfig, SubsetConfig
+from pipeline.data.datasets import load_image_list
+from pipeline.data.imagefolder import ImageFolderError, check_image, select_imagefolder, write_imagefolder
+from pipeline.data.manifest import MANIFEST_NAME, classes_of, read_manifest, readable_names_of
+from pipeline.data.subset import SUBSET_NAME, SubsetError, read_subset
 from stages.cli import app
 
 HEIGHT, WIDTH = 50, 40
 K, V = 2, 1  # fine-tuning images per seen class, validation images per class
-EXPECTED_PROBLEM = {"corrupt": "corrupt", "truncated": "truncated", "tiny": "tiny", "cmyk": "cmyk", "gray": "grayscale", "palette": "palette", "alpha": "alpha"}
+EXPECTED_PROBLEM = {
+    "corrupt": "corrupt",
+    "truncated": "truncated",
+    "tiny": "tiny",
+    "cmyk": "cmyk",
+    "gray": "grayscale",
+    "palette": "palette",
+    "alpha": "alpha",
+}
 REPLACED = {"corrupt", "truncated", "tiny"}
 
 
@@ -79,7 +87,9 @@ def make_tree(root: Path, classes: dict[str, list[str]]) -> Path:
     return root
 
 
-def select(root: Path, manifest_dir: Path, seed: int = 0, k: int = K, v: int = V, **config: object) -> tuple[pa.Table, pa.Table, dict]:
+def select(
+    root: Path, manifest_dir: Path, seed: int = 0, k: int = K, v: int = V, **config: object
+) -> tuple[pa.Table, pa.Table, dict]:
     subset = SubsetConfig(images_per_class=k, val_images_per_class=v, seed=seed)
     return select_imagefolder(ImageFolderConfig(root=str(root), **config), subset, manifest_dir, workers=2)
 
@@ -87,7 +97,9 @@ def select(root: Path, manifest_dir: Path, seed: int = 0, k: int = K, v: int = V
 def chosen_by_class(manifest: pa.Table) -> dict[str, dict[str, list[str]]]:
     """class -> split -> image ids, in manifest order."""
     out: dict[str, dict[str, list[str]]] = {}
-    for image_id, class_name, split in zip(*(manifest.column(c).to_pylist() for c in ("image_id", "class_name", "split")), strict=True):
+    for image_id, class_name, split in zip(
+        *(manifest.column(c).to_pylist() for c in ("image_id", "class_name", "split")), strict=True
+    ):
         out.setdefault(class_name, {"train": [], "val": []})[split].append(image_id)
     return out
 
@@ -151,16 +163,25 @@ def test_counts_splits_and_subset_table(clean_tree: Path, tmp_path: Path) -> Non
     assert len(set(ids)) == len(ids) == 4 * K + 8 * V
     assert set(manifest.column("source_index").to_pylist()) == {-1}
     assert all((clean_tree / image_id).is_file() for image_id in ids)
-    assert set(manifest.column("width").to_pylist()) == {WIDTH} and set(manifest.column("height").to_pylist()) == {HEIGHT}
+    assert set(manifest.column("width").to_pylist()) == {WIDTH} and set(manifest.column("height").to_pylist()) == {
+        HEIGHT
+    }
 
     # the subset table mirrors the manifest: split train = finetune role (seen classes), val = val
     roles = dict(zip(chosen.column("image_id").to_pylist(), chosen.column("role").to_pylist(), strict=True))
     splits = dict(zip(ids, manifest.column("split").to_pylist(), strict=True))
     assert roles == {image_id: {"train": "finetune", "val": "val"}[split] for image_id, split in splits.items()}
-    for class_name, is_seen in zip(chosen.column("class_name").to_pylist(), chosen.column("seen").to_pylist(), strict=True):
+    for class_name, is_seen in zip(
+        chosen.column("class_name").to_pylist(), chosen.column("seen").to_pylist(), strict=True
+    ):
         assert is_seen == (class_name in seen)
 
-    assert (report["classes"], report["seen_classes"], report["finetune_images"], report["val_images"]) == (8, 4, 4 * K, 8 * V)
+    assert (report["classes"], report["seen_classes"], report["finetune_images"], report["val_images"]) == (
+        8,
+        4,
+        4 * K,
+        8 * V,
+    )
     assert report["problems"] == [] and report["checked"] == len(ids)
 
 
@@ -187,7 +208,9 @@ def test_bad_files_are_reported_and_replaced(tmp_path: Path) -> None:
         assert problem["replaced"] is True and problem["detail"]
     kinds = {problem["problem"] for problem in problems}
     assert kinds == REPLACED  # each kind was drawn somewhere (deterministic for this tree and seed)
-    assert report["replaced"] == {kind: sum(p["problem"] == kind for p in problems) for kind in ("corrupt", "truncated", "tiny")}
+    assert report["replaced"] == {
+        kind: sum(p["problem"] == kind for p in problems) for kind in ("corrupt", "truncated", "tiny")
+    }
     assert report["checked"] == manifest.num_rows + len(problems)
 
 
@@ -196,7 +219,10 @@ def test_replacement_in_one_class_leaves_other_classes_alone(tmp_path: Path) -> 
     plain = make_tree(tmp_path / "plain" / "images", good)
     broken = make_tree(tmp_path / "broken" / "images", good)
     # c0's folder gets only bad extras: its draw must replace them; no other class may notice.
-    make_tree(tmp_path / "broken" / "images", {"c0": ["good"] * 5 + ["corrupt", "truncated", "tiny", "corrupt", "truncated", "tiny"]})
+    make_tree(
+        tmp_path / "broken" / "images",
+        {"c0": ["good"] * 5 + ["corrupt", "truncated", "tiny", "corrupt", "truncated", "tiny"]},
+    )
     plain_manifest, plain_chosen, _ = select(plain, tmp_path / "plain" / "prepared")
     broken_manifest, broken_chosen, report = select(broken, tmp_path / "broken" / "prepared")
     assert any(Path(p["file"]).parent.name == "c0" and p["replaced"] for p in report["problems"])
@@ -209,7 +235,9 @@ def test_replacement_in_one_class_leaves_other_classes_alone(tmp_path: Path) -> 
 def test_grayscale_cmyk_palette_alpha_are_kept_and_read_as_rgb(tmp_path: Path) -> None:
     # Every file is a converted kind, and seen classes need all K + V = 3 of their files.
     kinds = ["cmyk", "gray", "palette"]
-    root = make_tree(tmp_path / "images", {"a": kinds, "b": kinds, "c": ["alpha", "gray", "cmyk"], "d": ["palette", "alpha", "cmyk"]})
+    root = make_tree(
+        tmp_path / "images", {"a": kinds, "b": kinds, "c": ["alpha", "gray", "cmyk"], "d": ["palette", "alpha", "cmyk"]}
+    )
     manifest, chosen, report = select(root, tmp_path / "prepared")
     assert not any(report["replaced"].values())
     seen = seen_of(chosen)
@@ -267,9 +295,32 @@ def test_empty_class_folder_is_an_error_naming_it(tmp_path: Path) -> None:
 
     # through `cft prepare`: exit status 2, the folder named, nothing written
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"data": {"source": "imagefolder", "imagefolder": {"root": str(root)}, "subset": {"images_per_class": K, "val_images_per_class": V}}}))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "source": "imagefolder",
+                    "imagefolder": {"root": str(root)},
+                    "subset": {"images_per_class": K, "val_images_per_class": V},
+                }
+            }
+        )
+    )
     out = tmp_path / "data" / "prepared"
-    result = runner.invoke(app, ["prepare", "--params", str(params), "--out", str(out), "--subset", str(tmp_path / "subset"), "--metrics", str(tmp_path / "m.json")])
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "--params",
+            str(params),
+            "--out",
+            str(out),
+            "--subset",
+            str(tmp_path / "subset"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert str(root / "c4") in result.output and not out.exists()
 
@@ -293,7 +344,10 @@ def test_class_name_file_is_stored_in_the_manifest(tmp_path: Path, format: str) 
         name_file.write_text(json.dumps({**names, "id9": "not a folder"}))
     else:
         name_file = tmp_path / "names.txt"
-        name_file.write_text("# id name\n\n" + "".join(f"{k}\t{v}\n" if i % 2 else f"{k} {v}  \n" for i, (k, v) in enumerate(names.items())))
+        name_file.write_text(
+            "# id name\n\n"
+            + "".join(f"{k}\t{v}\n" if i % 2 else f"{k} {v}  \n" for i, (k, v) in enumerate(names.items()))
+        )
     manifest, _, _ = select(root, tmp_path / "prepared", class_names=str(name_file))
     assert readable_names_of(manifest) == names
     assert classes_of(manifest) == list(names)
@@ -310,9 +364,17 @@ def test_name_file_missing_a_class_names_the_file(tmp_path: Path) -> None:
 
 
 def test_wordnet_folders_get_imagenet_names_and_others_their_folder_name(tmp_path: Path) -> None:
-    root = make_tree(tmp_path / "images", {"n01440764": ["good"] * 3, "n01443537": ["good"] * 3, "school_bus": ["good"] * 3, "zebra": ["good"] * 3})
+    root = make_tree(
+        tmp_path / "images",
+        {"n01440764": ["good"] * 3, "n01443537": ["good"] * 3, "school_bus": ["good"] * 3, "zebra": ["good"] * 3},
+    )
     manifest, _, _ = select(root, tmp_path / "prepared")
-    assert readable_names_of(manifest) == {"n01440764": "tench", "n01443537": "goldfish", "school_bus": "school bus", "zebra": "zebra"}
+    assert readable_names_of(manifest) == {
+        "n01440764": "tench",
+        "n01443537": "goldfish",
+        "school_bus": "school bus",
+        "zebra": "zebra",
+    }
 
 
 # --- file locations -------------------------------------------------------------------------------
@@ -330,13 +392,17 @@ def test_relative_root_is_stored_relative_to_the_manifest(tmp_path: Path, monkey
     assert all(not Path(source).is_absolute() for source in sources)
     assert sources == [f"../../photos/{image_id}" for image_id in written.column("image_id").to_pylist()]
     monkeypatch.chdir(tmp_path / "data")  # readers resolve against the manifest, not the working directory
-    for image_id, image in zip(written.column("image_id").to_pylist(), load_image_list(tmp_path / out, written), strict=True):
+    for image_id, image in zip(
+        written.column("image_id").to_pylist(), load_image_list(tmp_path / out, written), strict=True
+    ):
         np.testing.assert_array_equal(image, np.asarray(Image.open(tmp_path / "photos" / image_id)))
 
 
 def test_absolute_root_is_stored_absolute(clean_tree: Path, tmp_path: Path) -> None:
     manifest, _, _ = select(clean_tree, tmp_path / "prepared")
-    assert manifest.column("source").to_pylist() == [str(clean_tree / image_id) for image_id in manifest.column("image_id").to_pylist()]
+    assert manifest.column("source").to_pylist() == [
+        str(clean_tree / image_id) for image_id in manifest.column("image_id").to_pylist()
+    ]
 
 
 # --- `cft prepare` --------------------------------------------------------------------------------
@@ -347,9 +413,38 @@ runner = CliRunner()
 def test_cft_prepare_imagefolder_end_to_end(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "images", {f"c{i}": ["good"] * 3 + ["corrupt", "gray"] for i in range(4)})
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"data": {"source": "imagefolder", "imagefolder": {"root": str(root)}, "subset": {"images_per_class": K, "val_images_per_class": V, "seed": 0}}}))
-    out, subset, metrics = tmp_path / "data" / "prepared", tmp_path / "data" / "subset", tmp_path / "metrics" / "prepare.json"
-    result = runner.invoke(app, ["prepare", "--params", str(params), "--out", str(out), "--subset", str(subset), "--metrics", str(metrics), "--workers", "2"])
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "source": "imagefolder",
+                    "imagefolder": {"root": str(root)},
+                    "subset": {"images_per_class": K, "val_images_per_class": V, "seed": 0},
+                }
+            }
+        )
+    )
+    out, subset, metrics = (
+        tmp_path / "data" / "prepared",
+        tmp_path / "data" / "subset",
+        tmp_path / "metrics" / "prepare.json",
+    )
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "--params",
+            str(params),
+            "--out",
+            str(out),
+            "--subset",
+            str(subset),
+            "--metrics",
+            str(metrics),
+            "--workers",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "4 classes" in result.output and "fine-tuning subset" in result.output
 
@@ -372,7 +467,20 @@ def test_cft_prepare_imagefolder_end_to_end(tmp_path: Path) -> None:
 def test_cft_prepare_imagefolder_without_its_section_names_the_key(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"data": {"source": "imagefolder"}}))
-    result = runner.invoke(app, ["prepare", "--params", str(params), "--out", str(tmp_path / "out"), "--subset", str(tmp_path / "subset"), "--metrics", str(tmp_path / "m.json")])
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "--params",
+            str(params),
+            "--out",
+            str(tmp_path / "out"),
+            "--subset",
+            str(tmp_path / "subset"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "data.imagefolder" in result.output
     assert not (tmp_path / "out").exists()
@@ -381,23 +489,62 @@ def test_cft_prepare_imagefolder_without_its_section_names_the_key(tmp_path: Pat
 def test_annotated_mask_backend_on_an_image_folder_says_to_use_grounded_sam(tmp_path: Path) -> None:
     """An image folder has no part annotations: the error says what the annotated backend needs and
     which backend image folders take, instead of naming a missing world.json."""
-    from pipeline.concepts import write_concepts
+    from pipeline.concepts.store import write_concepts
 
     root = make_tree(tmp_path / "images", {f"c{i}": ["good"] * 3 for i in range(2)})
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({
-        "data": {"source": "imagefolder", "imagefolder": {"root": str(root)}, "subset": {"images_per_class": K, "val_images_per_class": V}},
-        "masks": {"backend": "annotated", "resolution": 16},
-    }))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "source": "imagefolder",
+                    "imagefolder": {"root": str(root)},
+                    "subset": {"images_per_class": K, "val_images_per_class": V},
+                },
+                "masks": {"backend": "annotated", "resolution": 16},
+            }
+        )
+    )
     out, subset = tmp_path / "data" / "prepared", tmp_path / "data" / "subset"
-    result = runner.invoke(app, ["prepare", "--params", str(params), "--out", str(out), "--subset", str(subset), "--metrics", str(tmp_path / "m.json"), "--workers", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "--params",
+            str(params),
+            "--out",
+            str(out),
+            "--subset",
+            str(subset),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--workers",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     write_concepts(tmp_path / "concepts", {"c0": ["head"], "c1": ["tail"]}, {"source": "test"})
     masks = tmp_path / "data" / "masks"
-    result = runner.invoke(app, [
-        "masks", "--params", str(params), "--data", str(out), "--subset", str(subset), "--concepts", str(tmp_path / "concepts"),
-        "--out", str(masks), "--work", str(tmp_path / "work"), "--sheet", str(tmp_path / "masks.png"),
-    ])
+    result = runner.invoke(
+        app,
+        [
+            "masks",
+            "--params",
+            str(params),
+            "--data",
+            str(out),
+            "--subset",
+            str(subset),
+            "--concepts",
+            str(tmp_path / "concepts"),
+            "--out",
+            str(masks),
+            "--work",
+            str(tmp_path / "work"),
+            "--sheet",
+            str(tmp_path / "masks.png"),
+        ],
+    )
     assert result.exit_code == 2, result.output
     message = " ".join(result.output.split())
     assert "annotated needs part annotations that come with the data (the built-in world" in message

@@ -11,9 +11,19 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import ConceptFilterConfig, LlmConfig
-from pipeline.llm_concepts import FEW_SHOT, PLACEHOLDER_KEY, PROMPT_TEMPLATE, SYSTEM_PROMPT, ClassResult, InvalidAnswer, LlmError, parse_concepts, propose_concepts
-from tests.llm_server import Reply, ScriptedLLM, concepts_json
+from pipeline.concepts.llm import (
+    FEW_SHOT,
+    PLACEHOLDER_KEY,
+    PROMPT_TEMPLATE,
+    SYSTEM_PROMPT,
+    ClassResult,
+    InvalidAnswer,
+    LlmError,
+    parse_concepts,
+    propose_concepts,
+)
+from pipeline.config.concepts import ConceptFilterConfig, LlmConfig
+from tests.helpers.llm_server import Reply, ScriptedLLM, concepts_json
 
 CLASSES = {"c0_heron": "heron", "c1_robin": "robin", "c2_duck": "duck"}
 TOO_LONG = "a very very long concept phrase that exceeds the limit"
@@ -46,7 +56,10 @@ def make_config(server: Server, **overrides: Any) -> LlmConfig:
 
 
 def propose(
-    classes: dict[str, str], config: LlmConfig, filters: ConceptFilterConfig | None = None, sleeps: list[float] | None = None
+    classes: dict[str, str],
+    config: LlmConfig,
+    filters: ConceptFilterConfig | None = None,
+    sleeps: list[float] | None = None,
 ) -> tuple[dict[str, ClassResult], int]:
     sleep: Callable[[float], None] = (lambda s: None) if sleeps is None else sleeps.append
     return propose_concepts(classes, config, filters or ConceptFilterConfig(), sleep=sleep, progress=False)
@@ -56,7 +69,9 @@ def always(content: str | None) -> Callable[[str, int], Reply]:
     return lambda name, earlier: Reply(200, content)
 
 
-def first_then_valid(first: Reply, times: int = 1, valid: tuple[str, ...] = ("long beak", "wings")) -> Callable[[str, int], Reply]:
+def first_then_valid(
+    first: Reply, times: int = 1, valid: tuple[str, ...] = ("long beak", "wings")
+) -> Callable[[str, int], Reply]:
     return lambda name, earlier: first if earlier < times else Reply(200, concepts_json(*valid))
 
 
@@ -111,7 +126,9 @@ def test_valid_answers_are_filtered_and_requests_are_well_formed(json_schema: bo
                 assert "response_format" not in body
             if few_shot:
                 assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
-                assert [json.loads(m["content"])["concepts"] for m in messages if m["role"] == "assistant"] == [c for _, c in FEW_SHOT]
+                assert [json.loads(m["content"])["concepts"] for m in messages if m["role"] == "assistant"] == [
+                    c for _, c in FEW_SHOT
+                ]
                 assert 'recognising a "duck"' in messages[1]["content"]
                 assert 'recognising a "school bus"' in messages[3]["content"]
             else:
@@ -141,7 +158,9 @@ def test_rerun_with_cache_sends_nothing_and_parameter_changes_miss(tmp_path: Pat
         assert {k: r.concepts for k, r in again.items()} == {k: r.concepts for k, r in first.items()}
         assert {k: r.requests for k, r in again.items()} == {k: 0 for k in CLASSES}
 
-        _, hits = propose(CLASSES, make_config(server, cache_dir=str(cache), timeout_s=5.0, max_retries=0, concurrency=1))
+        _, hits = propose(
+            CLASSES, make_config(server, cache_dir=str(cache), timeout_s=5.0, max_retries=0, concurrency=1)
+        )
         assert (hits, server.count()) == (3, 3)
 
         _, hits = propose(CLASSES, make_config(server, cache_dir=str(cache), temperature=0.5))
@@ -324,7 +343,13 @@ def test_timeout_is_retried() -> None:
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(401, "AuthenticationError"), (404, "NotFoundError"), (400, "BadRequestError"), (422, "BadRequestError"), (501, "APIError")],
+    [
+        (401, "AuthenticationError"),
+        (404, "NotFoundError"),
+        (400, "BadRequestError"),
+        (422, "BadRequestError"),
+        (501, "APIError"),
+    ],
 )
 def test_permanent_errors_stop_at_once(status: int, error: str) -> None:
     with Server(first_then_valid(Reply(status))) as server:
@@ -384,7 +409,10 @@ def error_line(output: str) -> str:
     return line
 
 
-@pytest.mark.parametrize(("model", "variable"), [("openai/gpt-4o-mini", "OPENAI_API_KEY"), ("anthropic/claude-3-5-haiku-latest", "ANTHROPIC_API_KEY")])
+@pytest.mark.parametrize(
+    ("model", "variable"),
+    [("openai/gpt-4o-mini", "OPENAI_API_KEY"), ("anthropic/claude-3-5-haiku-latest", "ANTHROPIC_API_KEY")],
+)
 def test_missing_key_fails_fast_naming_the_variable(monkeypatch: pytest.MonkeyPatch, model: str, variable: str) -> None:
     """litellm refuses before sending; the OpenAI route's refusal comes as an InternalServerError (500)
     that was once retried for 15+ s per class, its message cut off before the variable's name."""
@@ -396,7 +424,9 @@ def test_missing_key_fails_fast_naming_the_variable(monkeypatch: pytest.MonkeyPa
     elapsed = time.monotonic() - start
     message = str(caught.value)
     assert elapsed < 3.0, message
-    assert message.startswith(f"{model}: no API key: set the environment variable {variable} (or name another variable in concepts.llm.api_key_env).")
+    assert message.startswith(
+        f"{model}: no API key: set the environment variable {variable} (or name another variable in concepts.llm.api_key_env)."
+    )
     provider_message = " ".join(str(caught.value.__cause__).split())
     assert provider_message in message  # whole, not cut off
     assert "\n" not in message
@@ -411,7 +441,9 @@ def test_a_server_answering_401_stops_at_once_naming_the_variable(monkeypatch: p
             propose({"heron": "heron"}, make_config(server, max_retries=4, backoff_s=1.0), sleeps=sleeps)
         assert (server.count(), sleeps) == (1, [])
         message = str(caught.value)
-        assert message.startswith("openai/test-model: the API key in OPENAI_API_KEY was rejected: check it (or name another variable in concepts.llm.api_key_env).")
+        assert message.startswith(
+            "openai/test-model: the API key in OPENAI_API_KEY was rejected: check it (or name another variable in concepts.llm.api_key_env)."
+        )
         assert "AuthenticationError while asking about 'heron'" in message and "Invalid API key" in message
         assert "sk-test" not in message
 
@@ -438,7 +470,9 @@ def test_a_custom_key_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("CFT_CUSTOM_KEY")
     without_keys(monkeypatch)
     config = LlmConfig(model="openai/gpt-4o-mini", api_key_env="CFT_CUSTOM_KEY", cache_dir=None, backoff_s=2.0)
-    with pytest.raises(LlmError, match=r"concepts.llm.api_key_env: environment variable CFT_CUSTOM_KEY is not set") as caught:
+    with pytest.raises(
+        LlmError, match=r"concepts.llm.api_key_env: environment variable CFT_CUSTOM_KEY is not set"
+    ) as caught:
         propose_concepts(CLASSES, config, ConceptFilterConfig(), progress=False)
     assert "OPENAI_API_KEY" not in str(caught.value)
 
@@ -449,7 +483,9 @@ def test_api_base_without_a_key_works(monkeypatch: pytest.MonkeyPatch, tmp_path:
     cache = tmp_path / "cache"
     with Server(mixed_answer) as server:
         results, _ = propose(CLASSES, make_config(server, cache_dir=str(cache)))
-        assert {key: result.concepts for key, result in results.items()} == {key: ["long beak", "wings"] for key in CLASSES}
+        assert {key: result.concepts for key, result in results.items()} == {
+            key: ["long beak", "wings"] for key in CLASSES
+        }
         assert {result.requests for result in results.values()} == {1}
         authorizations = [{k.lower(): v for k, v in h.items()}.get("authorization") for h in server.headers]
         assert authorizations == [f"Bearer {PLACEHOLDER_KEY}"] * 3
@@ -487,7 +523,17 @@ def test_the_stage_exits_2_with_one_clear_line(monkeypatch: pytest.MonkeyPatch, 
     llm = {"model": "openai/gpt-4o-mini", "cache_dir": None, "backoff_s": 2.0, "max_retries": 3}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"concepts": {"source": "llm", "llm": llm}}))
     start = time.monotonic()
-    result = CliRunner().invoke(app, ["--params", str(tmp_path / "params.yaml"), "--classes", str(tmp_path / "classes.txt"), "--out", str(tmp_path / "concepts")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--classes",
+            str(tmp_path / "classes.txt"),
+            "--out",
+            str(tmp_path / "concepts"),
+        ],
+    )
     assert time.monotonic() - start < 3.0
     assert result.exit_code == 2, result.output
     line = error_line(result.output)

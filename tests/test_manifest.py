@@ -6,7 +6,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.manifest import REQUIRED_COLUMNS, ManifestError, build_manifest, classes_of, read_manifest, write_manifest
+from pipeline.data.manifest import (
+    REQUIRED_COLUMNS,
+    ManifestError,
+    build_manifest,
+    classes_of,
+    read_manifest,
+    write_manifest,
+)
 
 
 def columns(**overrides: list) -> dict[str, list]:

@@ -10,10 +10,11 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from pipeline.config import AnnotatedMasksConfig, ConfigError, MasksConfig, load_section
-from pipeline.mask_noise import SMALL_AREA, _grow, concept_rng, degrade_mask, leak_box, miss_probability
-from pipeline.mask_store import ImageMasks, write_mask_store
-from pipeline.masks_annotated import annotated_masks
+from pipeline.config import ConfigError, load_section
+from pipeline.config.masks import AnnotatedMasksConfig, MasksConfig
+from pipeline.masks.annotated import annotated_masks
+from pipeline.masks.noise import SMALL_AREA, _grow, concept_rng, degrade_mask, leak_box, miss_probability
+from pipeline.masks.store import ImageMasks, write_mask_store
 
 SIDE = 48
 CUE = 255  # a cue region inside the object outline that is no named part
@@ -44,7 +45,12 @@ def synthetic_label_maps(count: int, seed: int = 0) -> list[np.ndarray]:
 
 def part_instances(maps: list[np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
     """(image id, concept, exact mask) of every part visible in the maps (255 is no part)."""
-    return [(f"img{i}", f"part {k}", labels == k) for i, labels in enumerate(maps) for k in range(1, 5) if (labels == k).any()]
+    return [
+        (f"img{i}", f"part {k}", labels == k)
+        for i, labels in enumerate(maps)
+        for k in range(1, 5)
+        if (labels == k).any()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +58,9 @@ def instances() -> list[tuple[str, str, np.ndarray]]:
     return part_instances(synthetic_label_maps(400))
 
 
-def degrade_all(instances: list[tuple[str, str, np.ndarray]], noise: float, seed: int = 0) -> list[tuple[np.ndarray, bool]]:
+def degrade_all(
+    instances: list[tuple[str, str, np.ndarray]], noise: float, seed: int = 0
+) -> list[tuple[np.ndarray, bool]]:
     return [degrade_mask(part, noise, concept_rng(seed, image_id, concept)) for image_id, concept, part in instances]
 
 
@@ -82,13 +90,20 @@ def test_miss_rate_follows_the_formula_and_hits_small_parts_more(instances: list
         # the count of misses is a sum of independent Bernoulli(p_i): within 4 standard deviations
         assert abs(missed.sum() - expected.sum()) <= 4 * np.sqrt((expected * (1 - expected)).sum()), noise
         for group in (small, large):
-            assert abs(missed[group].sum() - expected[group].sum()) <= 4 * np.sqrt((expected[group] * (1 - expected[group])).sum()) + 1
+            assert (
+                abs(missed[group].sum() - expected[group].sum())
+                <= 4 * np.sqrt((expected[group] * (1 - expected[group])).sum()) + 1
+            )
         rates[noise] = (missed.mean(), missed[small].mean(), missed[large].mean())
         assert rates[noise][1] > 2 * rates[noise][2]  # small parts are missed far more often
     assert rates[0.25][0] < rates[0.5][0] < rates[1.0][0]
     assert rates[0.25][1] < rates[0.5][1] < rates[1.0][1]
     # at noise 1, f itself: a vanishing part is nearly always missed, one of SMALL_AREA half the time
-    assert miss_probability(1.0, 0.0) == 1.0 and miss_probability(1.0, SMALL_AREA) == 0.5 and miss_probability(0.4, SMALL_AREA) == pytest.approx(0.2)
+    assert (
+        miss_probability(1.0, 0.0) == 1.0
+        and miss_probability(1.0, SMALL_AREA) == 0.5
+        and miss_probability(0.4, SMALL_AREA) == pytest.approx(0.2)
+    )
     assert rates[1.0][1] > 0.6 and rates[1.0][2] < 0.25
 
 
@@ -141,13 +156,18 @@ def test_leakage_is_a_blob_attached_to_the_part(instances: list[tuple[str, str, 
 def test_deterministic_by_seed_image_and_concept(instances: list[tuple[str, str, np.ndarray]]) -> None:
     some = instances[:200]
     first, again = degrade_all(some, 0.6, seed=3), degrade_all(some, 0.6, seed=3)
-    reversed_order = [degrade_mask(part, 0.6, concept_rng(3, image_id, concept)) for image_id, concept, part in reversed(some)][::-1]
+    reversed_order = [
+        degrade_mask(part, 0.6, concept_rng(3, image_id, concept)) for image_id, concept, part in reversed(some)
+    ][::-1]
     for (a, a_missed), (b, b_missed), (c, c_missed) in zip(first, again, reversed_order, strict=True):
         assert a_missed == b_missed == c_missed
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
     other = degrade_all(some, 0.6, seed=4)
-    assert any(a_missed != o_missed or not np.array_equal(a, o) for (a, a_missed), (o, o_missed) in zip(first, other, strict=True))
+    assert any(
+        a_missed != o_missed or not np.array_equal(a, o)
+        for (a, a_missed), (o, o_missed) in zip(first, other, strict=True)
+    )
     # the concept's name is matched case-insensitively, so is its noise
     image_id, concept, part = some[0]
     np.testing.assert_array_equal(degrade_mask(part, 0.6, concept_rng(3, image_id, concept.upper()))[0], first[0][0])
@@ -172,24 +192,41 @@ def train_ids(manifest: pa.Table) -> list[str]:
     return manifest.filter(pc.equal(manifest.column("split"), "train")).column("image_id").to_pylist()
 
 
-def test_backend_at_noise_zero_is_todays_store(tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]], tmp_path: Path) -> None:
+def test_backend_at_noise_zero_is_todays_store(
+    tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]], tmp_path: Path
+) -> None:
     ids = train_ids(manifest)[:20]
     concepts = {cls: [*names[:2], "unicorn horn"] for cls, names in world_concepts.items()}
     exact, size = annotated_masks(tiny_world, manifest, ids, concepts, None, progress=False)
-    zero, _ = annotated_masks(tiny_world, manifest, ids, concepts, None, progress=False, noise=AnnotatedMasksConfig(noise=0.0, seed=7))
+    zero, _ = annotated_masks(
+        tiny_world, manifest, ids, concepts, None, progress=False, noise=AnnotatedMasksConfig(noise=0.0, seed=7)
+    )
     for a, b in zip(exact, zero, strict=True):
-        assert (a.concepts, a.missing, a.boxes, a.scores, a.fallback, a.flags()) == (b.concepts, b.missing, b.boxes, b.scores, b.fallback, b.flags())
+        assert (a.concepts, a.missing, a.boxes, a.scores, a.fallback, a.flags()) == (
+            b.concepts,
+            b.missing,
+            b.boxes,
+            b.scores,
+            b.fallback,
+            b.flags(),
+        )
         assert b.boxes == [] and a.masks.dtype == b.masks.dtype
         np.testing.assert_array_equal(a.masks, b.masks)
-    assert write_mask_store(tmp_path / "a", exact, size, "annotated").equals(write_mask_store(tmp_path / "b", zero, size, "annotated"))
+    assert write_mask_store(tmp_path / "a", exact, size, "annotated").equals(
+        write_mask_store(tmp_path / "b", zero, size, "annotated")
+    )
 
 
-def test_backend_flags_missed_parts_and_falls_back(tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]]) -> None:
+def test_backend_flags_missed_parts_and_falls_back(
+    tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]]
+) -> None:
     ids = train_ids(manifest)
     # each class's last part (eyes, beaks, spots: mostly small) and a concept the data cannot annotate
     smallest = {cls: [names[-1], "unicorn horn"] for cls, names in world_concepts.items()}
     exact, _ = annotated_masks(tiny_world, manifest, ids, smallest, None, progress=False)
-    noisy, _ = annotated_masks(tiny_world, manifest, ids, smallest, None, progress=False, noise=AnnotatedMasksConfig(noise=1.0))
+    noisy, _ = annotated_masks(
+        tiny_world, manifest, ids, smallest, None, progress=False, noise=AnnotatedMasksConfig(noise=1.0)
+    )
     missed = 0
     for a, b in zip(exact, noisy, strict=True):
         flags = b.flags()
@@ -208,12 +245,20 @@ def test_backend_flags_missed_parts_and_falls_back(tiny_world: Path, manifest: p
     assert missed > len(ids) // 4
 
 
-def test_backend_noise_is_independent_of_order_and_batches(tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]]) -> None:
+def test_backend_noise_is_independent_of_order_and_batches(
+    tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]]
+) -> None:
     ids = train_ids(manifest)[:24]
     settings = AnnotatedMasksConfig(noise=0.5, seed=2)
     whole, _ = annotated_masks(tiny_world, manifest, ids, world_concepts, 16, progress=False, noise=settings)
     backwards, _ = annotated_masks(tiny_world, manifest, ids[::-1], world_concepts, 16, progress=False, noise=settings)
-    batches = [r for start in range(0, len(ids), 5) for r in annotated_masks(tiny_world, manifest, ids[start : start + 5], world_concepts, 16, progress=False, noise=settings)[0]]
+    batches = [
+        r
+        for start in range(0, len(ids), 5)
+        for r in annotated_masks(
+            tiny_world, manifest, ids[start : start + 5], world_concepts, 16, progress=False, noise=settings
+        )[0]
+    ]
     exact, _ = annotated_masks(tiny_world, manifest, ids, world_concepts, 16, progress=False)
     for a, b, c in zip(whole, backwards[::-1], batches, strict=True):
         assert a.image_id == b.image_id == c.image_id and a.boxes == b.boxes == c.boxes
@@ -222,21 +267,39 @@ def test_backend_noise_is_independent_of_order_and_batches(tiny_world: Path, man
     assert any(not np.array_equal(a.masks, e.masks) for a, e in zip(whole, exact, strict=True))
 
 
-def test_build_mask_store_records_the_noise(tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]], tmp_path: Path) -> None:
-    from pipeline.concepts import write_concepts
-    from pipeline.config import SubsetConfig
-    from pipeline.mask_backends import build_mask_store
-    from pipeline.mask_store import MaskStore
-    from pipeline.subset import SUBSET_NAME, select_subset, write_subset
+def test_build_mask_store_records_the_noise(
+    tiny_world: Path, manifest: pa.Table, world_concepts: dict[str, list[str]], tmp_path: Path
+) -> None:
+    from pipeline.concepts.store import write_concepts
+    from pipeline.config.data import SubsetConfig
+    from pipeline.data.subset import SUBSET_NAME, select_subset, write_subset
+    from pipeline.masks.backends import build_mask_store
+    from pipeline.masks.store import MaskStore
 
-    write_subset(tmp_path / "subset" / SUBSET_NAME, select_subset(manifest, SubsetConfig(images_per_class=2, val_images_per_class=1)))
+    write_subset(
+        tmp_path / "subset" / SUBSET_NAME,
+        select_subset(manifest, SubsetConfig(images_per_class=2, val_images_per_class=1)),
+    )
     write_concepts(tmp_path / "concepts", world_concepts, {"source": "test"})
 
     def build(name: str, config: MasksConfig) -> MaskStore:
-        build_mask_store(config, tiny_world, tmp_path / "subset", tmp_path / "concepts", tmp_path / name, tmp_path / "work", None, progress=False)
+        build_mask_store(
+            config,
+            tiny_world,
+            tmp_path / "subset",
+            tmp_path / "concepts",
+            tmp_path / name,
+            tmp_path / "work",
+            None,
+            progress=False,
+        )
         return MaskStore(tmp_path / name)
 
-    default, zero, noisy = build("default", MasksConfig()), build("zero", MasksConfig(annotated={"noise": 0.0, "seed": 5})), build("noisy", MasksConfig(annotated={"noise": 0.8}))
+    default, zero, noisy = (
+        build("default", MasksConfig()),
+        build("zero", MasksConfig(annotated={"noise": 0.0, "seed": 5})),
+        build("noisy", MasksConfig(annotated={"noise": 0.8})),
+    )
     assert zero.provenance == default.provenance and zero.table.equals(default.table)
     np.testing.assert_array_equal(zero.concept_masks(zero.image_ids), default.concept_masks(default.image_ids))
     assert noisy.provenance["simulated_noise"] == 0.8 and noisy.provenance["noise_seed"] == 0
@@ -270,5 +333,13 @@ def test_annotated_config_keys(tmp_path: Path) -> None:
     assert load_section(path, "masks", MasksConfig).annotated == AnnotatedMasksConfig(noise=0.3, seed=4)
     assert MasksConfig().annotated == AnnotatedMasksConfig(noise=0.0, seed=0)
     with pytest.raises(ValueError, match="annotated.noise simulates"):
-        MasksConfig(backend="grounded_sam", annotated={"noise": 0.2}, grounded_sam={"grounding": {"checkpoint": "d.pth"}, "sam": {"checkpoint": "s.pth"}})
-    MasksConfig(backend="grounded_sam", annotated={"noise": 0.0}, grounded_sam={"grounding": {"checkpoint": "d.pth"}, "sam": {"checkpoint": "s.pth"}})
+        MasksConfig(
+            backend="grounded_sam",
+            annotated={"noise": 0.2},
+            grounded_sam={"grounding": {"checkpoint": "d.pth"}, "sam": {"checkpoint": "s.pth"}},
+        )
+    MasksConfig(
+        backend="grounded_sam",
+        annotated={"noise": 0.0},
+        grounded_sam={"grounding": {"checkpoint": "d.pth"}, "sam": {"checkpoint": "s.pth"}},
+    )

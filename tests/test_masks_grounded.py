@@ -8,12 +8,27 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import GroundedSamConfig, MasksConfig
-from pipeline.grounding import ConceptDetector, Detections, build_grounding_dino
-from pipeline.mask_store import BOX_MARGIN, NOISY_MAX_SPILL, NOISY_MIN_FILL, NOISY_MIN_INSIDE, MaskStore, box_agreement, is_noisy, write_mask_store
-from pipeline.masks_grounded import GroundedSam, grounded_sam_masks, object_prompt, slot_count
-from pipeline.segmenting import BoxSegmenter, build_sam
-from tests.grounded_models import GROUNDING_OVERRIDES, TINY_SAM, spread_scores, tiny_grounding_config, tiny_text_encoder
+from pipeline.config.masks import GroundedSamConfig, MasksConfig
+from pipeline.masks.grounded import GroundedSam, grounded_sam_masks, object_prompt, slot_count
+from pipeline.masks.grounding import ConceptDetector, Detections, build_grounding_dino
+from pipeline.masks.segmenting import BoxSegmenter, build_sam
+from pipeline.masks.store import (
+    BOX_MARGIN,
+    NOISY_MAX_SPILL,
+    NOISY_MIN_FILL,
+    NOISY_MIN_INSIDE,
+    MaskStore,
+    box_agreement,
+    is_noisy,
+    write_mask_store,
+)
+from tests.helpers.grounded_models import (
+    GROUNDING_OVERRIDES,
+    TINY_SAM,
+    spread_scores,
+    tiny_grounding_config,
+    tiny_text_encoder,
+)
 
 CPU = torch.device("cpu")
 CONCEPTS = {"bird": ["long beak", "wings", "red tail"], "car": ["wheels", "door"]}
@@ -59,7 +74,9 @@ def detector(tmp_path_factory: pytest.TempPathFactory) -> ConceptDetector:
     torch.manual_seed(0)
     model = build_grounding_dino(tiny_grounding_config(text_encoder), GROUNDING_OVERRIDES)
     spread_scores(model)
-    return ConceptDetector(model, tiny_grounding_config(text_encoder, box_threshold=0.6, text_threshold=0.5, max_boxes=3), CPU)
+    return ConceptDetector(
+        model, tiny_grounding_config(text_encoder, box_threshold=0.6, text_threshold=0.5, max_boxes=3), CPU
+    )
 
 
 def images(count: int, size: tuple[int, int] = (48, 64)) -> dict[str, np.ndarray]:
@@ -72,7 +89,13 @@ def config(**changes: object) -> MasksConfig:
     return MasksConfig(grounded_sam=grounded, resolution=changes.pop("resolution", 16), **changes)
 
 
-def run(models: GroundedSam, settings: MasksConfig, pictures: dict[str, np.ndarray], work: Path, loads: list[list[str]] | None = None) -> list:
+def run(
+    models: GroundedSam,
+    settings: MasksConfig,
+    pictures: dict[str, np.ndarray],
+    work: Path,
+    loads: list[list[str]] | None = None,
+) -> list:
     ids = list(pictures)
     names = ["bird" if i % 2 == 0 else "car" for i in range(len(ids))]
 
@@ -81,12 +104,19 @@ def run(models: GroundedSam, settings: MasksConfig, pictures: dict[str, np.ndarr
             loads.append(batch)
         return [pictures[i] for i in batch]
 
-    size = (settings.resolution, settings.resolution) if settings.resolution else next(iter(pictures.values())).shape[:2]
+    size = (
+        (settings.resolution, settings.resolution) if settings.resolution else next(iter(pictures.values())).shape[:2]
+    )
     return list(grounded_sam_masks(models, settings, ids, names, CONCEPTS, load, size, work, progress=False))
 
 
 def test_qc_flags_union_of_boxes_and_fallback(sam: torch.nn.Module, tmp_path: Path) -> None:
-    boxes = {"long beak": [[2, 2, 20, 20], [30, 10, 60, 40]], "wings": [], "red tail": [[0, 0, 64, 48]], "car": [[5, 5, 50, 40]]}
+    boxes = {
+        "long beak": [[2, 2, 20, 20], [30, 10, 60, 40]],
+        "wings": [],
+        "red tail": [[0, 0, 64, 48]],
+        "car": [[5, 5, 50, 40]],
+    }
     detector = ScriptedDetector(boxes)
     segmenter = CountingSegmenter(sam)
     models = GroundedSam(detector, segmenter, {})  # type: ignore[arg-type]
@@ -122,7 +152,8 @@ def test_noisy_flag_keeps_masks_that_follow_their_boxes_and_catches_noise() -> N
         "the box filled": rectangle(shape, 40, 30, 100, 90),
         "a rectangle inside the box": rectangle(shape, 50, 40, 90, 80),
         "the inscribed ellipse": ((xx + 0.5 - 70) / 30) ** 2 + ((yy + 0.5 - 60) / 30) ** 2 <= 1,
-        "a diagonal bar 8 % of the box side wide": (np.abs((xx - 40) - (yy - 30)) <= 3) & rectangle(shape, 40, 30, 100, 90),
+        "a diagonal bar 8 % of the box side wide": (np.abs((xx - 40) - (yy - 30)) <= 3)
+        & rectangle(shape, 40, 30, 100, 90),
         "the object 20 % wider than a tight box": rectangle(shape, 34, 24, 106, 96),
     }
     for name, mask in sensible.items():
@@ -136,12 +167,20 @@ def test_noisy_flag_keeps_masks_that_follow_their_boxes_and_catches_noise() -> N
         "noise, box in the middle": (noise, box, "inside"),
         "noise, box over most of the image": (noise, big_box, "spill"),
         "a speck in its box": (rectangle(shape, 60, 50, 64, 54), box, "fill"),
-        "the whole object for a small part's box": (rectangle(shape, 20, 10, 150, 115), np.array([[60, 40, 80, 60]], np.float32), "inside"),
+        "the whole object for a small part's box": (
+            rectangle(shape, 20, 10, 150, 115),
+            np.array([[60, 40, 80, 60]], np.float32),
+            "inside",
+        ),
     }
     for name, (mask, boxes, reason) in noisy.items():
         agreement = box_agreement(mask, boxes)
         assert is_noisy(mask, boxes), (name, agreement)
-        failed = {"fill": agreement["fill"] < NOISY_MIN_FILL, "inside": agreement["inside"] < NOISY_MIN_INSIDE, "spill": agreement["spill"] > NOISY_MAX_SPILL}
+        failed = {
+            "fill": agreement["fill"] < NOISY_MIN_FILL,
+            "inside": agreement["inside"] < NOISY_MIN_INSIDE,
+            "spill": agreement["spill"] > NOISY_MAX_SPILL,
+        }
         assert failed[reason], (name, agreement)
     assert box_agreement(noise, big_box)["inside"] > NOISY_MIN_INSIDE  # only the spill outside the box gives it away
     # the enlarged box reaches BOX_MARGIN of the box's size beyond each side, not further
@@ -161,20 +200,37 @@ class BoxFillingSegmenter:
         yy, xx = np.mgrid[: embeddings[index][0], : embeddings[index][1]] + 0.5
         masks = []
         for x0, y0, x1, y1 in boxes:
-            masks.append(((xx - (x0 + x1) / 2) / ((x1 - x0) / 2)) ** 2 + ((yy - (y0 + y1) / 2) / ((y1 - y0) / 2)) ** 2 <= 1)
+            masks.append(
+                ((xx - (x0 + x1) / 2) / ((x1 - x0) / 2)) ** 2 + ((yy - (y0 + y1) / 2) / ((y1 - y0) / 2)) ** 2 <= 1
+            )
         return np.stack(masks)
 
 
-def test_masks_that_follow_their_boxes_are_ok_and_random_sam_masks_are_noisy(sam: torch.nn.Module, tmp_path: Path) -> None:
-    boxes = {"long beak": [[2, 2, 20, 20], [30, 10, 60, 40]], "wings": [[10, 20, 40, 46]], "red tail": [[40, 5, 62, 30]], "wheels": [[5, 5, 50, 40]], "door": [[20, 10, 44, 44]]}
+def test_masks_that_follow_their_boxes_are_ok_and_random_sam_masks_are_noisy(
+    sam: torch.nn.Module, tmp_path: Path
+) -> None:
+    boxes = {
+        "long beak": [[2, 2, 20, 20], [30, 10, 60, 40]],
+        "wings": [[10, 20, 40, 46]],
+        "red tail": [[40, 5, 62, 30]],
+        "wheels": [[5, 5, 50, 40]],
+        "door": [[20, 10, 44, 44]],
+    }
     pictures = images(2)
-    sensible = run(GroundedSam(ScriptedDetector(boxes), BoxFillingSegmenter(), {}), config(), pictures, tmp_path / "sensible")  # type: ignore[arg-type]
+    sensible = run(
+        GroundedSam(ScriptedDetector(boxes), BoxFillingSegmenter(), {}), config(), pictures, tmp_path / "sensible"
+    )  # type: ignore[arg-type]
     assert [r.flags() for r in sensible] == [["ok", "ok", "ok"], ["ok", "ok"]] and not any(r.fallback for r in sensible)
 
     # the tiny random-weight SAM on the same boxes: a pattern over the whole image, whatever the box
-    random_sam = run(GroundedSam(ScriptedDetector(boxes), BoxSegmenter(sam, CPU), {}), config(), pictures, tmp_path / "random")  # type: ignore[arg-type]
+    random_sam = run(
+        GroundedSam(ScriptedDetector(boxes), BoxSegmenter(sam, CPU), {}), config(), pictures, tmp_path / "random"
+    )  # type: ignore[arg-type]
     flags = [flag for r in random_sam for flag in r.flags()]
-    assert [r.concepts[-1] for r in random_sam] == ["bird", "car"]  # no concept usable: the object prompt was tried, found no box
+    assert [r.concepts[-1] for r in random_sam] == [
+        "bird",
+        "car",
+    ]  # no concept usable: the object prompt was tried, found no box
     assert flags == ["noisy", "noisy", "noisy", "no_box", "noisy", "noisy", "no_box"]
     write_mask_store(tmp_path / "store", random_sam, (16, 16), "grounded_sam")
     store = MaskStore(tmp_path / "store")
@@ -182,7 +238,9 @@ def test_masks_that_follow_their_boxes_are_ok_and_random_sam_masks_are_noisy(sam
     assert not store.usable([r.image_id for r in random_sam]).any()  # fine-tuning would leave these images out
 
 
-def test_random_weight_grounded_sam_gives_no_usable_mask(detector: ConceptDetector, sam: torch.nn.Module, tmp_path: Path) -> None:
+def test_random_weight_grounded_sam_gives_no_usable_mask(
+    detector: ConceptDetector, sam: torch.nn.Module, tmp_path: Path
+) -> None:
     """The user's report: random-weight GroundingDINO + SAM used to flag every mask it found `ok`."""
     results = run(GroundedSam(detector, BoxSegmenter(sam, CPU), {}), config(), images(7), tmp_path)
     flags = [flag for r in results for flag in r.flags()]
@@ -214,13 +272,17 @@ def test_images_of_another_size_need_a_resolution(sam: torch.nn.Module, tmp_path
         run(models, config(resolution=None), pictures, tmp_path)
 
 
-def test_real_models_embed_each_image_once_and_store_round_trip(detector: ConceptDetector, sam: torch.nn.Module, tmp_path: Path) -> None:
+def test_real_models_embed_each_image_once_and_store_round_trip(
+    detector: ConceptDetector, sam: torch.nn.Module, tmp_path: Path
+) -> None:
     segmenter = CountingSegmenter(sam)
     encoder_images: list[int] = []
     backbone_images: list[int] = []
     hooks = [
         sam.image_encoder.register_forward_hook(lambda module, args, out: encoder_images.append(args[0].shape[0])),
-        detector.model.backbone[0].patch_embed.register_forward_hook(lambda module, args, out: backbone_images.append(args[0].shape[0])),
+        detector.model.backbone[0].patch_embed.register_forward_hook(
+            lambda module, args, out: backbone_images.append(args[0].shape[0])
+        ),
     ]
     try:
         results = run(GroundedSam(detector, segmenter, {"k": "v"}), config(), images(7), tmp_path / "work")
@@ -244,7 +306,9 @@ class Interrupted(RuntimeError):
     pass
 
 
-def test_interrupted_run_resumes_with_identical_results(detector: ConceptDetector, sam: torch.nn.Module, tmp_path: Path) -> None:
+def test_interrupted_run_resumes_with_identical_results(
+    detector: ConceptDetector, sam: torch.nn.Module, tmp_path: Path
+) -> None:
     models = GroundedSam(detector, BoxSegmenter(sam, CPU), {})
     pictures = images(8)
     reference = run(models, config(), pictures, tmp_path / "reference")
@@ -261,26 +325,40 @@ def test_interrupted_run_resumes_with_identical_results(detector: ConceptDetecto
     ids = list(pictures)
     names = ["bird" if i % 2 == 0 else "car" for i in range(len(ids))]
     with pytest.raises(Interrupted):
-        list(grounded_sam_masks(models, config(), ids, names, CONCEPTS, crash_on_third_part, (16, 16), tmp_path / "work", progress=False))
+        list(
+            grounded_sam_masks(
+                models, config(), ids, names, CONCEPTS, crash_on_third_part, (16, 16), tmp_path / "work", progress=False
+            )
+        )
     assert loads == [["img/0", "img/1", "img/2"], ["img/3", "img/4", "img/5"], ["img/6", "img/7"]]
 
     loads.clear()
     resumed = run(models, config(), pictures, tmp_path / "work", loads)
     assert loads == [["img/6", "img/7"]]  # the two finished parts are not recomputed
     for a, b in zip(reference, resumed, strict=True):
-        assert (a.image_id, a.concepts, a.boxes, a.fallback, a.noisy) == (b.image_id, b.concepts, b.boxes, b.fallback, b.noisy)
+        assert (a.image_id, a.concepts, a.boxes, a.fallback, a.noisy) == (
+            b.image_id,
+            b.concepts,
+            b.boxes,
+            b.fallback,
+            b.noisy,
+        )
         np.testing.assert_array_equal(a.masks, b.masks)
         assert a.scores == pytest.approx(b.scores)
 
     loads.clear()
-    changed = MasksConfig(resolution=16, grounded_sam=GroundedSamConfig(images_per_part=3, grounding={"box_threshold": 0.5}))
+    changed = MasksConfig(
+        resolution=16, grounded_sam=GroundedSamConfig(images_per_part=3, grounding={"box_threshold": 0.5})
+    )
     run(models, changed, pictures, tmp_path / "work", loads)
     assert len(loads) == 3  # other params: nothing reused
     assert len([p for p in (tmp_path / "work").iterdir()]) == 1  # the old run's parts are removed
 
 
 def test_torn_part_file_is_recomputed(sam: torch.nn.Module, tmp_path: Path) -> None:
-    models = GroundedSam(ScriptedDetector({"long beak": [[2, 2, 20, 20]], "car": [[5, 5, 50, 40]]}), BoxSegmenter(sam, CPU), {})  # type: ignore[arg-type]
+    models = GroundedSam(
+        ScriptedDetector({"long beak": [[2, 2, 20, 20]], "car": [[5, 5, 50, 40]]}), BoxSegmenter(sam, CPU), {}
+    )  # type: ignore[arg-type]
     pictures = images(4)
     first = run(models, config(), pictures, tmp_path)
     (part,) = [p for p in next(tmp_path.iterdir()).iterdir() if p.name.startswith("part-00000000")]
@@ -292,7 +370,9 @@ def test_torn_part_file_is_recomputed(sam: torch.nn.Module, tmp_path: Path) -> N
         np.testing.assert_array_equal(a.masks, b.masks)
 
 
-def test_cft_masks_with_grounded_sam_from_params(tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cft_masks_with_grounded_sam_from_params(
+    tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The users' path: checkpoints and a GroundingDINO config named in params.yaml, the stage CLI,
     the store, its QC table and metrics, the contact sheet; a rerun resumes from the finished parts.
     SAM's vit_b preset is swapped for the tiny architecture (a vit_b embedding takes 20 s on this
@@ -302,14 +382,14 @@ def test_cft_masks_with_grounded_sam_from_params(tiny_world: Path, tmp_path: Pat
     import yaml
     from typer.testing import CliRunner
 
-    from pipeline.concepts import write_concepts
-    from pipeline.config import SubsetConfig
-    from pipeline.manifest import read_manifest
-    from pipeline.model_files import file_sha256
-    from pipeline.segmenting import SAM_ARCHITECTURES
-    from pipeline.subset import SUBSET_NAME, select_subset, subset_ids, write_subset
+    from pipeline.concepts.store import write_concepts
+    from pipeline.config.data import SubsetConfig
+    from pipeline.data.manifest import read_manifest
+    from pipeline.data.subset import SUBSET_NAME, select_subset, subset_ids, write_subset
+    from pipeline.masks.segmenting import SAM_ARCHITECTURES
+    from pipeline.models.weights import file_sha256
     from stages.cli import app
-    from tests.grounded_models import save_tiny_grounded_sam
+    from tests.helpers.grounded_models import save_tiny_grounded_sam
 
     manifest = read_manifest(tiny_world / "manifest.parquet")
     subset = select_subset(manifest, SubsetConfig(images_per_class=1, val_images_per_class=1))
@@ -326,8 +406,20 @@ def test_cft_masks_with_grounded_sam_from_params(tiny_world: Path, tmp_path: Pat
             "backend": "grounded_sam",
             "resolution": 16,
             "grounded_sam": {
-                "grounding": {"config": str(config_file), "checkpoint": str(tmp_path / "dino.pth"), "text_encoder": str(text_encoder), "image_size": 64, "max_size": 96, "box_threshold": 0.6, "text_threshold": 0.5},
-                "sam": {"model_type": "vit_b", "checkpoint": str(tmp_path / "sam_vit_b.pth"), "sha256": file_sha256(tmp_path / "sam_vit_b.pth")},
+                "grounding": {
+                    "config": str(config_file),
+                    "checkpoint": str(tmp_path / "dino.pth"),
+                    "text_encoder": str(text_encoder),
+                    "image_size": 64,
+                    "max_size": 96,
+                    "box_threshold": 0.6,
+                    "text_threshold": 0.5,
+                },
+                "sam": {
+                    "model_type": "vit_b",
+                    "checkpoint": str(tmp_path / "sam_vit_b.pth"),
+                    "sha256": file_sha256(tmp_path / "sam_vit_b.pth"),
+                },
                 "device": "cpu",
                 "images_per_part": 2,
             },
@@ -335,9 +427,23 @@ def test_cft_masks_with_grounded_sam_from_params(tiny_world: Path, tmp_path: Pat
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     arguments = [
-        "masks", "--params", str(tmp_path / "params.yaml"), "--data", str(tiny_world), "--subset", str(tmp_path / "subset"),
-        "--concepts", str(tmp_path / "concepts"), "--out", str(tmp_path / "masks"), "--work", str(tmp_path / "work"),
-        "--sheet", str(tmp_path / "masks.png"), "--metrics", str(tmp_path / "masks.json"),
+        "masks",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--data",
+        str(tiny_world),
+        "--subset",
+        str(tmp_path / "subset"),
+        "--concepts",
+        str(tmp_path / "concepts"),
+        "--out",
+        str(tmp_path / "masks"),
+        "--work",
+        str(tmp_path / "work"),
+        "--sheet",
+        str(tmp_path / "masks.png"),
+        "--metrics",
+        str(tmp_path / "masks.json"),
     ]
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
@@ -370,8 +476,8 @@ def test_image_files_decode_to_rgb_and_bad_files_are_named(tmp_path: Path) -> No
     import pyarrow as pa
     from PIL import Image
 
-    from pipeline.array_store import StoreError
-    from pipeline.datasets import load_image_list
+    from pipeline.data.array_store import StoreError
+    from pipeline.data.datasets import load_image_list
 
     Image.fromarray(np.full((5, 7), 200, np.uint8), mode="L").save(tmp_path / "grey.png")
     Image.new("CMYK", (4, 3), (0, 255, 0, 0)).save(tmp_path / "cmyk.jpg")

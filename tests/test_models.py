@@ -7,8 +7,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pipeline.config import BaseConfig
-from pipeline.models import ModelError, create_model, load_model_artifact, preprocessing_of, save_model_artifact
+from pipeline.config.base import BaseConfig
+from pipeline.models.factory import ModelError, create_model, load_model_artifact, preprocessing_of, save_model_artifact
 
 SMALL_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
@@ -48,7 +48,9 @@ def test_unknown_model_name() -> None:
 
 
 def test_artifact_round_trip(tmp_path: Path) -> None:
-    config = BaseConfig(model="vit_tiny_patch16_224", model_kwargs={k: v for k, v in SMALL_VIT.items() if k != "img_size"})
+    config = BaseConfig(
+        model="vit_tiny_patch16_224", model_kwargs={k: v for k, v in SMALL_VIT.items() if k != "img_size"}
+    )
     model = create_model(config, num_classes=3, image_size=32).eval()
     save_model_artifact(tmp_path, model, config, ["a", "b", "c"], preprocessing_of(model, 32))
     rebuilt, spec = load_model_artifact(tmp_path)

@@ -3,21 +3,23 @@ from __future__ import annotations
 import math
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import RelevanceObjective
-from pipeline.objective import BCE_MARGIN, alignment_terms, background_share, normalise_relevance, relevance_loss, self_label_cross_entropy
+from pipeline.config.finetune import RelevanceObjective
 from pipeline.relevance.attnlrp import attnlrp
-from pipeline.training import joint_augment
-from tests.relevance_checks import directional_difference, unit_direction
-
-
-def objective(**values: object) -> RelevanceObjective:
-    return RelevanceObjective(objective="relevance", **values)
-
+from pipeline.training.loop import joint_augment
+from pipeline.training.objective import (
+    BCE_MARGIN,
+    alignment_terms,
+    background_share,
+    normalise_relevance,
+    relevance_loss,
+    self_label_cross_entropy,
+)
+from tests.helpers.objective import PROBED, cross_entropy_by_hand, fd_inputs, objective, tiny_vit
+from tests.helpers.relevance_checks import directional_difference, unit_direction
 
 # --- normalisation and alignment terms --------------------------------------------------------
 
@@ -88,14 +90,19 @@ def test_energy_by_hand() -> None:
     assert background.item() == pytest.approx(0.75 / 1.75, abs=1e-12)
     assert foreground.item() == 0.0
     two = torch.cat([RELEVANCE, torch.zeros_like(RELEVANCE)])  # an all-zero map counts as share 0
-    assert alignment_terms(two, torch.cat([MASK, MASK]), "energy")[0].item() == pytest.approx(0.75 / 1.75 / 2, abs=1e-12)
+    assert alignment_terms(two, torch.cat([MASK, MASK]), "energy")[0].item() == pytest.approx(
+        0.75 / 1.75 / 2, abs=1e-12
+    )
 
 
 def test_energy_ignores_the_scale_of_a_map() -> None:
     relevance = torch.rand(3, 5, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64) - 0.3
     masks = (torch.rand(3, 5, 5, generator=torch.Generator().manual_seed(3)) > 0.5).double()
     scaled = relevance * torch.tensor([7.0, 0.01, 3.0], dtype=torch.float64).view(3, 1, 1)
-    torch.testing.assert_close(alignment_terms(normalise_relevance(relevance), masks, "energy")[0], alignment_terms(normalise_relevance(scaled), masks, "energy")[0])
+    torch.testing.assert_close(
+        alignment_terms(normalise_relevance(relevance), masks, "energy")[0],
+        alignment_terms(normalise_relevance(scaled), masks, "energy")[0],
+    )
 
 
 def test_energy_gradient_lowers_an_off_mask_peak() -> None:
@@ -132,28 +139,27 @@ def test_reference_weights() -> None:
     assert objective(loss="mse", background_weight=1.5, foreground_weight=4.0).weights() == (1.5, 4.0)
 
 
-def cross_entropy_by_hand(logits: torch.Tensor, temperature: float) -> float:
-    total = 0.0
-    for row in logits.tolist():
-        target = max(range(len(row)), key=row.__getitem__)
-        scaled = [value / temperature for value in row]
-        total += math.log(sum(math.exp(value) for value in scaled)) - scaled[target]
-    return total / len(logits)
-
-
 def test_self_label_cross_entropy() -> None:
     logits = torch.tensor([[2.0, 1.0, 0.5], [0.1, 3.0, -1.0], [-0.5, -0.2, -0.4]], dtype=torch.float64)
     for temperature in (1.0, 2.5, 0.5):
-        assert self_label_cross_entropy(logits, temperature).item() == pytest.approx(cross_entropy_by_hand(logits, temperature), rel=1e-12)
-    assert self_label_cross_entropy(logits, 2.5).item() != pytest.approx(self_label_cross_entropy(logits, 1.0).item(), rel=1e-3)
+        assert self_label_cross_entropy(logits, temperature).item() == pytest.approx(
+            cross_entropy_by_hand(logits, temperature), rel=1e-12
+        )
+    assert self_label_cross_entropy(logits, 2.5).item() != pytest.approx(
+        self_label_cross_entropy(logits, 1.0).item(), rel=1e-3
+    )
     labels = torch.tensor([2, 0, 1])
-    assert self_label_cross_entropy(logits, 1.0).item() != pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-3)
+    assert self_label_cross_entropy(logits, 1.0).item() != pytest.approx(
+        F.cross_entropy(logits, labels).item(), rel=1e-3
+    )
 
 
 def test_self_label_gradient_does_not_flow_through_target() -> None:
     logits = torch.tensor([[1.0, 3.0, 0.0]], dtype=torch.float64, requires_grad=True)
     (gradient,) = torch.autograd.grad(self_label_cross_entropy(logits, 2.0), logits)
-    expected = (torch.softmax(logits.detach() / 2.0, dim=1) - torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64)) / 2.0
+    expected = (
+        torch.softmax(logits.detach() / 2.0, dim=1) - torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64)
+    ) / 2.0
     torch.testing.assert_close(gradient, expected)
 
 
@@ -162,7 +168,14 @@ def test_self_label_gradient_does_not_flow_through_target() -> None:
     [
         {"loss": "bce"},
         {"loss": "mse"},
-        {"loss": "bce", "relevance_weight": 1.7, "background_weight": 0.4, "foreground_weight": 2.5, "classification_weight": 0.9, "temperature": 3.0},
+        {
+            "loss": "bce",
+            "relevance_weight": 1.7,
+            "background_weight": 0.4,
+            "foreground_weight": 2.5,
+            "classification_weight": 0.9,
+            "temperature": 3.0,
+        },
         {"loss": "mse", "relevance_weight": 0.0, "classification_weight": 1.0},
     ],
 )
@@ -177,9 +190,14 @@ def test_relevance_loss_total_by_hand(values: dict[str, object]) -> None:
     background, foreground = alignment_terms(normalised, masks, config.loss)
     w_bg, w_fg = config.weights()
     classification = cross_entropy_by_hand(logits, config.temperature)
-    expected = config.relevance_weight * (w_bg * background.item() + w_fg * foreground.item()) + config.classification_weight * classification
+    expected = (
+        config.relevance_weight * (w_bg * background.item() + w_fg * foreground.item())
+        + config.classification_weight * classification
+    )
     assert total.item() == pytest.approx(expected, rel=1e-5)
-    assert terms == pytest.approx({"background": background.item(), "foreground": foreground.item(), "classification": classification}, rel=1e-5)
+    assert terms == pytest.approx(
+        {"background": background.item(), "foreground": foreground.item(), "classification": classification}, rel=1e-5
+    )
     assert terms["background"] > 0 and terms["foreground"] > 0
 
 
@@ -207,39 +225,25 @@ def test_background_share_by_hand() -> None:
 # --- gradient of the full CFT objective through AttnLRP --------------------------------------
 
 
-def tiny_vit() -> nn.Module:
-    torch.manual_seed(0)
-    model = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, img_size=8, patch_size=4, embed_dim=8, depth=1, num_heads=2, num_classes=3,
-    ).double().eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            parameter.add_(torch.randn_like(parameter) * (0.3 if parameter.ndim == 1 or "token" in name or "pos" in name else 0.05))
-    return model
-
-
-def fd_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 3, 8, 8, generator=generator, dtype=torch.float64)
-    masks = (torch.rand(2, 8, 8, generator=generator) > 0.5).double()
-    return x, masks, torch.tensor([0, 2])
-
-
-def cft_loss_float64(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, config: RelevanceObjective) -> torch.Tensor:
+def cft_loss_float64(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, config: RelevanceObjective
+) -> torch.Tensor:
     """relevance_loss's formula kept in float64 (relevance_loss itself computes in float32)."""
     relevance = attnlrp(model, x, targets, create_graph=True)
     background, foreground = alignment_terms(normalise_relevance(relevance.upsampled()), masks, config.loss)
     w_bg, w_fg = config.weights()
     classification = self_label_cross_entropy(relevance.logits, config.temperature)
-    return config.relevance_weight * (w_bg * background + w_fg * foreground) + config.classification_weight * classification
+    return (
+        config.relevance_weight * (w_bg * background + w_fg * foreground)
+        + config.classification_weight * classification
+    )
 
 
-def cft_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, config: RelevanceObjective) -> torch.Tensor:
+def cft_loss(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, config: RelevanceObjective
+) -> torch.Tensor:
     relevance = attnlrp(model, x, targets, create_graph=True)
     return relevance_loss(relevance.upsampled(), masks, relevance.logits, config)[0]
-
-
-PROBED = ["cls_token", "pos_embed", "blocks.0.attn.qkv.bias", "blocks.0.mlp.fc1.weight"]
 
 
 @pytest.mark.parametrize("loss", ["mse", "bce", "energy"])
@@ -254,14 +258,20 @@ def test_cft_loss_gradient_matches_finite_differences(loss: str) -> None:
     gradients = torch.autograd.grad(exact, probed)
     float32_gradients = torch.autograd.grad(cft_loss(model, x, targets, masks, config), probed)
     # float32 rounds 1 - BCE_MARGIN to 1 - 1.013e-6, which shifts the BCE of saturated pixels.
-    assert cft_loss(model, x, targets, masks, config).item() == pytest.approx(exact.item(), rel=1e-3 if loss == "bce" else 1e-5)
+    assert cft_loss(model, x, targets, masks, config).item() == pytest.approx(
+        exact.item(), rel=1e-3 if loss == "bce" else 1e-5
+    )
     for index, (name, parameter, gradient) in enumerate(zip(PROBED, probed, gradients, strict=True)):
         direction = unit_direction(parameter.shape, 10 + index)
-        numeric = directional_difference(lambda: cft_loss_float64(model, x, targets, masks, config).item(), parameter, direction)
+        numeric = directional_difference(
+            lambda: cft_loss_float64(model, x, targets, masks, config).item(), parameter, direction
+        )
         analytic = (gradient * direction).sum().item()
         assert abs(numeric) > 1e-5, f"{name}: the loss barely depends on it"
         assert analytic == pytest.approx(numeric, rel=1e-4), name
-        torch.testing.assert_close(float32_gradients[index], gradient, rtol=1e-4, atol=1e-6 * gradient.abs().max().item())
+        torch.testing.assert_close(
+            float32_gradients[index], gradient, rtol=1e-4, atol=1e-6 * gradient.abs().max().item()
+        )
 
 
 def test_bce_loss_gradients_are_finite_and_nonzero() -> None:
@@ -269,7 +279,9 @@ def test_bce_loss_gradients_are_finite_and_nonzero() -> None:
     x, masks, targets = fd_inputs()
     parameters = dict(model.named_parameters())
     names = ["cls_token", "pos_embed", "blocks.0.attn.qkv.bias", "patch_embed.proj.bias", "head.bias"]
-    gradients = torch.autograd.grad(cft_loss(model, x, targets, masks, objective(loss="bce")), [parameters[n] for n in names])
+    gradients = torch.autograd.grad(
+        cft_loss(model, x, targets, masks, objective(loss="bce")), [parameters[n] for n in names]
+    )
     for name, gradient in zip(names, gradients, strict=True):
         assert gradient.isfinite().all(), name
         assert gradient.abs().max() > 1e-6, name
@@ -295,7 +307,9 @@ def blob_batch(count: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_flip_only_moves_image_and_mask_together() -> None:
     images, masks = blob_batch()
-    warped_images, warped_masks = joint_augment(images, masks, torch.Generator().manual_seed(3), flip=True, min_crop_scale=1.0)
+    warped_images, warped_masks = joint_augment(
+        images, masks, torch.Generator().manual_seed(3), flip=True, min_crop_scale=1.0
+    )
     assert torch.equal(warped_images[:, 0].round(), warped_masks[:, 0])
     assert (warped_images[:, 0] - warped_masks[:, 0]).abs().max() < 1e-5
     flipped = [bool(torch.equal(warped_masks[i], masks[i].flip(-1))) for i in range(len(masks))]
@@ -310,7 +324,9 @@ def test_flip_only_moves_image_and_mask_together() -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_crop_moves_image_and_mask_together(seed: int) -> None:
     images, masks = blob_batch()
-    warped_images, warped_masks = joint_augment(images, masks, torch.Generator().manual_seed(seed), flip=True, min_crop_scale=0.6)
+    warped_images, warped_masks = joint_augment(
+        images, masks, torch.Generator().manual_seed(seed), flip=True, min_crop_scale=0.6
+    )
     agreement = ((warped_images[:, 0] > 0.5).float() == warped_masks[:, 0]).float().mean(dim=(1, 2))
     assert agreement.min() >= 0.95
     assert not torch.equal(warped_masks, masks) and not torch.equal(warped_masks, masks.flip(-1))
@@ -331,7 +347,9 @@ def test_same_seed_same_output() -> None:
 
 def test_no_flip_full_crop_is_identity() -> None:
     images, masks = blob_batch()
-    warped_images, warped_masks = joint_augment(images, masks.bool(), torch.Generator().manual_seed(0), flip=False, min_crop_scale=1.0)
+    warped_images, warped_masks = joint_augment(
+        images, masks.bool(), torch.Generator().manual_seed(0), flip=False, min_crop_scale=1.0
+    )
     assert torch.equal(warped_masks, masks)
     torch.testing.assert_close(warped_images, images, rtol=0, atol=1e-5)
 

@@ -1,5 +1,5 @@
 """The options against the paper objective's flaws: detached max-normalisation, the anchors and
-the competitor penalty (pipeline/objective.py), by hand and against float64 finite differences."""
+the competitor penalty (pipeline/training/objective.py), by hand and against float64 finite differences."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from pipeline import objective as objective_module
-from pipeline.config import RelevanceObjective
-from pipeline.objective import (
+from pipeline.config.finetune import RelevanceObjective
+from pipeline.relevance.attnlrp import attnlrp
+from pipeline.training import objective as objective_module
+from pipeline.training.objective import (
     BCE_MARGIN,
     DETACHED_MAX_MARGIN,
     alignment_terms,
@@ -27,19 +28,25 @@ from pipeline.objective import (
     normalise_relevance,
     relevance_loss,
 )
-from pipeline.relevance.attnlrp import attnlrp
-from tests.relevance_checks import directional_difference, unit_direction
-from tests.test_objective import PROBED, cross_entropy_by_hand, fd_inputs, objective, tiny_vit
+from tests.helpers.objective import PROBED, cross_entropy_by_hand, fd_inputs, objective, tiny_vit
+from tests.helpers.relevance_checks import directional_difference, unit_direction
 
 # --- configuration -----------------------------------------------------------------------------
 
 
 def test_defaults_are_the_papers_objective() -> None:
     config = objective()
-    assert (config.normalisation, config.anchor, config.competitor_weight, config.competitors) == ("max", "self_label", 0.0, 1)
+    assert (config.normalisation, config.anchor, config.competitor_weight, config.competitors) == (
+        "max",
+        "self_label",
+        0.0,
+        1,
+    )
 
 
-@pytest.mark.parametrize("values", [{"normalisation": "sum"}, {"anchor": "soft"}, {"competitor_weight": -0.1}, {"competitors": 0}])
+@pytest.mark.parametrize(
+    "values", [{"normalisation": "sum"}, {"anchor": "soft"}, {"competitor_weight": -0.1}, {"competitors": 0}]
+)
 def test_invalid_options_are_refused(values: dict[str, object]) -> None:
     with pytest.raises(ValidationError, match=next(iter(values))):
         objective(**values)
@@ -62,7 +69,12 @@ def test_detached_max_by_hand() -> None:
 # A 3×3 map whose peak (2.0, top right) lies off the mask (the left column and the centre).
 PEAKED = torch.tensor([[[0.3, 0.1, 2.0], [0.4, 0.6, 0.5], [0.2, 0.7, 0.3]]], dtype=torch.float64)
 PEAKED_MASK = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]], dtype=torch.float64)
-BACKGROUND_ONLY = {"relevance_weight": 1.0, "background_weight": 1.0, "foreground_weight": 0.0, "classification_weight": 0.0}
+BACKGROUND_ONLY = {
+    "relevance_weight": 1.0,
+    "background_weight": 1.0,
+    "foreground_weight": 0.0,
+    "classification_weight": 0.0,
+}
 
 
 def map_gradient(relevance: torch.Tensor, masks: torch.Tensor, **values: object) -> torch.Tensor:
@@ -116,7 +128,9 @@ def test_off_mask_peak_is_never_raised_by_detached_max(seed: int) -> None:
 
 
 def test_energy_is_unaffected_by_the_normalisation() -> None:
-    relevance = (torch.rand(3, 5, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64) - 0.3).requires_grad_(True)
+    relevance = (
+        torch.rand(3, 5, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64) - 0.3
+    ).requires_grad_(True)
     masks = (torch.rand(3, 5, 5, generator=torch.Generator().manual_seed(5)) > 0.5).double()
     values, gradients = [], []
     for normalisation in ("max", "detached_max"):
@@ -170,7 +184,9 @@ def test_kl_base_gradient_goes_to_the_model_only() -> None:
     """d KL / d z = (p_model − p_base) / (T·B); the base logits get none."""
     logits = LOGITS.clone().requires_grad_(True)
     base = BASE_LOGITS.clone().requires_grad_(True)
-    gradient, base_gradient = torch.autograd.grad(base_kl_divergence(logits, base, 2.0), [logits, base], allow_unused=True)
+    gradient, base_gradient = torch.autograd.grad(
+        base_kl_divergence(logits, base, 2.0), [logits, base], allow_unused=True
+    )
     expected = (torch.softmax(LOGITS / 2.0, dim=1) - torch.softmax(BASE_LOGITS / 2.0, dim=1)) / (2.0 * 3)
     torch.testing.assert_close(gradient, expected)
     assert base_gradient is None
@@ -214,7 +230,11 @@ def test_competitor_penalty_by_hand() -> None:
     relevance = torch.tensor([[[1.0, -1.0], [2.0, 0.0]], [[0.0, -1.0], [0.0, 0.0]]], dtype=torch.float64)
     masks = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
     competitors = torch.tensor(
-        [[[[5.0, 1.0], [-2.0, 3.0]], [[-1.0, -1.0], [-0.5, -2.0]]], [[[0.5, -1.0], [-1.0, -1.0]], [[0.0, 0.0], [0.0, -3.0]]]], dtype=torch.float64
+        [
+            [[[5.0, 1.0], [-2.0, 3.0]], [[-1.0, -1.0], [-0.5, -2.0]]],
+            [[[0.5, -1.0], [-1.0, -1.0]], [[0.0, 0.0], [0.0, -3.0]]],
+        ],
+        dtype=torch.float64,
     )
     assert competitor_penalty(relevance, competitors, masks).item() == pytest.approx((4 / 7 + 0 + 1 + 0) / 4, rel=1e-12)
     relevance.requires_grad_(True)
@@ -235,7 +255,9 @@ def test_competitor_penalty_is_scale_free() -> None:
     masks = (torch.rand(3, 5, 5, generator=generator) > 0.5).double()
     penalty = competitor_penalty(relevance, competitors, masks)
     assert 0 < penalty.item() < 1
-    assert competitor_penalty(relevance * 13.0, competitors * 13.0, masks).item() == pytest.approx(penalty.item(), rel=1e-12)
+    assert competitor_penalty(relevance * 13.0, competitors * 13.0, masks).item() == pytest.approx(
+        penalty.item(), rel=1e-12
+    )
 
 
 def test_competitor_weight_zero_ignores_the_maps() -> None:
@@ -245,10 +267,14 @@ def test_competitor_weight_zero_ignores_the_maps() -> None:
     competitors = torch.randn(2, 1, 4, 4, generator=generator, dtype=torch.float64)
     logits = LOGITS[:2]
     plain_total, plain_terms = relevance_loss(relevance, masks, logits, objective())
-    with_maps_total, with_maps_terms = relevance_loss(relevance, masks, logits, objective(), LABELS[:2], None, competitors)
+    with_maps_total, with_maps_terms = relevance_loss(
+        relevance, masks, logits, objective(), LABELS[:2], None, competitors
+    )
     assert with_maps_total.item() == plain_total.item() and with_maps_terms == plain_terms
     assert "competitor" not in plain_terms
-    weighted_total, weighted_terms = relevance_loss(relevance, masks, logits, objective(competitor_weight=0.6), LABELS[:2], None, competitors)
+    weighted_total, weighted_terms = relevance_loss(
+        relevance, masks, logits, objective(competitor_weight=0.6), LABELS[:2], None, competitors
+    )
     penalty = competitor_penalty(relevance, competitors, masks).item()
     assert weighted_terms["competitor"] == pytest.approx(penalty, rel=1e-12) and penalty > 0.01
     assert weighted_total.item() == pytest.approx(plain_total.item() + 0.6 * penalty, rel=1e-12)
@@ -275,14 +301,30 @@ def perturbed_copy(model: nn.Module) -> nn.Module:
     base = copy.deepcopy(model)
     with torch.no_grad():
         for parameter in base.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(parameter.numel()), dtype=parameter.dtype) * 0.2)
+            parameter.add_(
+                torch.randn(
+                    parameter.shape, generator=torch.Generator().manual_seed(parameter.numel()), dtype=parameter.dtype
+                )
+                * 0.2
+            )
     return base.requires_grad_(False)
 
 
-def full_loss(model: nn.Module, base: nn.Module, x: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, config: RelevanceObjective) -> torch.Tensor:
-    """The fine-tuning step's loss (pipeline/finetuning.py), in float64."""
+def full_loss(
+    model: nn.Module,
+    base: nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    masks: torch.Tensor,
+    config: RelevanceObjective,
+) -> torch.Tensor:
+    """The fine-tuning step's loss (pipeline/training/finetune.py), in float64."""
     relevance = attnlrp(model, x, targets, create_graph=True)
-    competitors = competitor_relevance(model, x, relevance.logits, targets, config.competitors) if config.competitor_weight > 0 else None
+    competitors = (
+        competitor_relevance(model, x, relevance.logits, targets, config.competitors)
+        if config.competitor_weight > 0
+        else None
+    )
     with torch.no_grad():
         base_logits = base(x)
     return relevance_loss(relevance.upsampled(), masks, relevance.logits, config, targets, base_logits, competitors)[0]
@@ -298,7 +340,9 @@ OPTIONS = {
 }
 
 
-def held_constants(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, config: RelevanceObjective) -> dict[str, Callable[..., torch.Tensor]]:
+def held_constants(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, config: RelevanceObjective
+) -> dict[str, Callable[..., torch.Tensor]]:
     """Stand-ins for the objective's functions with their ``sg(·)`` parts fixed at the current
     parameters: detached_max's divisor, the competitor penalty's denominator. The gradients the
     objective computes are, by design, the true gradients of these functions."""

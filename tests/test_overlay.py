@@ -1,10 +1,10 @@
-"""The relevance overlay (pipeline.visualize.overlay_grid): a colour bar, class names, no blank margin."""
+"""The relevance overlay (pipeline.reports.charts.overlay_grid): a colour bar, class names, no blank margin."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.visualize import overlay_grid
+from pipeline.reports.charts import overlay_grid
 
 
 def picture(captions: list[str] | None) -> np.ndarray:

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.grounded_models import save_tiny_grounded_sam
-from tests.test_dvc_pipeline import REPO, copy_repository
+from tests.helpers.grounded_models import save_tiny_grounded_sam
+from tests.helpers.project import REPO, copy_repository
 
 pytestmark = pytest.mark.slow
 
@@ -88,8 +88,13 @@ def own_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "resolution": 16,
         "grounded_sam": {
             "grounding": {
-                "config": "data/weights/tiny_dino.py", "checkpoint": "data/weights/dino.pth", "text_encoder": "data/weights/bert",
-                "image_size": 64, "max_size": 96, "box_threshold": 0.6, "text_threshold": 0.5,
+                "config": "data/weights/tiny_dino.py",
+                "checkpoint": "data/weights/dino.pth",
+                "text_encoder": "data/weights/bert",
+                "image_size": 64,
+                "max_size": 96,
+                "box_threshold": 0.6,
+                "text_threshold": 0.5,
             },
             "sam": {"model_type": "vit_b", "checkpoint": "data/weights/sam_vit_b.pth"},
             "device": "cpu",
@@ -97,19 +102,31 @@ def own_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     params["finetune"] = {
         "methods": ["cft", "plain"],
-        "train": {"epochs": 1, "batch_size": 4, "lr": 1e-4, "overlay_images": 2, "eval_batch_size": 16, "device": "cpu"},
+        "train": {
+            "epochs": 1,
+            "batch_size": 4,
+            "lr": 1e-4,
+            "overlay_images": 2,
+            "eval_batch_size": 16,
+            "device": "cpu",
+        },
         "cft": {"objective": "relevance"},
         "plain": {"objective": "labels"},
     }
-    params["evaluate"].update({  # dvc.yaml tracks single evaluate keys: they must stay in params.yaml
-        "benchmarks": {"own_test": {"kind": "imagefolder", "path": "photos/test"}, "own_shifted": {"kind": "imagefolder", "path": "photos/shifted"}},
-        "models": ["base", "cft", "plain"],
-        "in_distribution": "own_test",
-        "shortcut_tests": {"shift": "own_shifted"},  # metrics get shift_drop: own_test accuracy minus own_shifted's
-        "batch_size": 8,
-        "workers": 0,
-        "device": "cpu",
-    })
+    params["evaluate"].update(
+        {  # dvc.yaml tracks single evaluate keys: they must stay in params.yaml
+            "benchmarks": {
+                "own_test": {"kind": "imagefolder", "path": "photos/test"},
+                "own_shifted": {"kind": "imagefolder", "path": "photos/shifted"},
+            },
+            "models": ["base", "cft", "plain"],
+            "in_distribution": "own_test",
+            "shortcut_tests": {"shift": "own_shifted"},  # metrics get shift_drop: own_test accuracy minus own_shifted's
+            "batch_size": 8,
+            "workers": 0,
+            "device": "cpu",
+        }
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     return root
@@ -120,7 +137,10 @@ def test_own_data_runs_end_to_end_under_dvc_repro(own_project: Path) -> None:
     refused = dvc(["repro"], own_project, ok=False)
     assert refused.returncode != 0
     message = refused.stdout + refused.stderr
-    assert "concepts.catalog = inputs/concepts.yaml is read by stage 'concepts' but is not one of its deps in dvc.yaml" in message
+    assert (
+        "concepts.catalog = inputs/concepts.yaml is read by stage 'concepts' but is not one of its deps in dvc.yaml"
+        in message
+    )
     assert "      - inputs/concepts.yaml" in message
     assert not (own_project / "data/concepts").exists()
 
@@ -143,7 +163,9 @@ def test_own_data_runs_end_to_end_under_dvc_repro(own_project: Path) -> None:
         compact = json.loads((own_project / f"metrics/{model}.json").read_text())
         assert {"ood_acc", "id_acc", "forgetting", "shift_drop"} <= set(compact)
         assert 0.0 <= compact["ood_acc"] <= 1.0
-        assert compact["shift_drop"] == pytest.approx(compact["id_acc"] - compact["ood_acc"], abs=2e-4)  # one OOD benchmark: own_shifted
+        assert compact["shift_drop"] == pytest.approx(
+            compact["id_acc"] - compact["ood_acc"], abs=2e-4
+        )  # one OOD benchmark: own_shifted
     assert json.loads((own_project / "metrics/base.json").read_text())["forgetting"] == 0.0
     for name in ("accuracy.png", "metrics.csv", "summary.csv"):
         assert (own_project / "plots/summary" / name).stat().st_size > 0

@@ -1,4 +1,4 @@
-"""A model's own evaluation transform on uint8 arrays and masks (pipeline/preprocess.py), against timm."""
+"""A model's own evaluation transform on uint8 arrays and masks (pipeline/data/preprocess.py), against timm."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
-from pipeline.preprocess import DEFAULT_CROP_PCT, Geometry, InputTransform, PreprocessingError
+from pipeline.data.preprocess import DEFAULT_CROP_PCT, Geometry, InputTransform, PreprocessingError
 
 SHAPES = {"portrait": (50, 40), "landscape": (37, 61), "square": (45, 45)}
 IDENTITY = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # timm's output is then ToTensor: uint8 / 255
@@ -33,7 +33,12 @@ def as_tensor(image: np.ndarray) -> torch.Tensor:
 def real_configs() -> dict[str, dict]:
     """timm's resolved data configs of real models (built on the meta device: no weights, no init cost)."""
     configs = {}
-    for name in ["vit_base_patch16_224.augreg2_in21k_ft_in1k", "deit3_base_patch16_224", "convnextv2_base", "resnet18.tv_in1k"]:
+    for name in [
+        "vit_base_patch16_224.augreg2_in21k_ft_in1k",
+        "deit3_base_patch16_224",
+        "convnextv2_base",
+        "resnet18.tv_in1k",
+    ]:
         with torch.device("meta"):
             model = timm.create_model(name, pretrained=False)
         configs[name] = resolve_model_data_config(model)
@@ -49,7 +54,9 @@ def real_configs() -> dict[str, dict]:
         ("resnet18.tv_in1k", "bilinear", 0.875),
     ],
 )
-def test_from_preprocessing_reads_timm_configs(real_configs: dict[str, dict], name: str, interpolation: str, crop_pct: float) -> None:
+def test_from_preprocessing_reads_timm_configs(
+    real_configs: dict[str, dict], name: str, interpolation: str, crop_pct: float
+) -> None:
     transform = InputTransform.from_preprocessing(real_configs[name])
     assert transform == InputTransform(224, interpolation, crop_pct, "center", 0)
     assert InputTransform.from_preprocessing(real_configs[name], border=3).border == 3
@@ -57,7 +64,9 @@ def test_from_preprocessing_reads_timm_configs(real_configs: dict[str, dict], na
 
 @pytest.mark.parametrize("name", ["vit_base_patch16_224.augreg2_in21k_ft_in1k", "convnextv2_base", "resnet18.tv_in1k"])
 @pytest.mark.parametrize("shape", [(300, 260), (260, 301)], ids=["portrait", "landscape"])
-def test_image_equals_timm_eval_transform_for_real_configs(real_configs: dict[str, dict], name: str, shape: tuple[int, int]) -> None:
+def test_image_equals_timm_eval_transform_for_real_configs(
+    real_configs: dict[str, dict], name: str, shape: tuple[int, int]
+) -> None:
     image = _pixels(*shape, seed=7)
     config = real_configs[name]
     ours = InputTransform.from_preprocessing(config).image(image)
@@ -80,7 +89,9 @@ def test_image_equals_timm_eval_transform_for_real_configs(real_configs: dict[st
         ("bicubic", 1.15, "center"),  # volo_d*_448: the resized image is smaller than the crop (padded)
     ],
 )
-def test_image_equals_timm_eval_transform(shape: tuple[int, int], interpolation: str, crop_pct: float, crop_mode: str) -> None:
+def test_image_equals_timm_eval_transform(
+    shape: tuple[int, int], interpolation: str, crop_pct: float, crop_mode: str
+) -> None:
     image = _pixels(*shape)
     config = {"input_size": (3, 20, 20), "interpolation": interpolation, "crop_pct": crop_pct, "crop_mode": crop_mode}
     ours = InputTransform.from_preprocessing(config).image(image)
@@ -96,7 +107,9 @@ def test_border_is_trimmed_first_like_timm(border: int) -> None:
     config = {"input_size": (3, 24, 24), "interpolation": "bicubic", "crop_pct": 1.0}
     transform = InputTransform.from_preprocessing(config, border=border)
     ours = transform.image(image)
-    np.testing.assert_array_equal(ours, InputTransform.from_preprocessing(config).image(image[border:-border, border:-border]))
+    np.testing.assert_array_equal(
+        ours, InputTransform.from_preprocessing(config).image(image[border:-border, border:-border])
+    )
     assert torch.equal(as_tensor(ours), timm_eval(image, config, border=border))
 
 
@@ -150,7 +163,9 @@ def test_mask_is_aligned_with_image(shape: tuple[int, int], transform: InputTran
     if transform.border:
         object_mask[: transform.border] = object_mask[-transform.border :] = False
         object_mask[:, : transform.border] = object_mask[:, -transform.border :] = False
-    stored = np.asarray(Image.fromarray(object_mask.astype(np.uint8) * 255).resize((64, 64), Image.Resampling.NEAREST)) > 0
+    stored = (
+        np.asarray(Image.fromarray(object_mask.astype(np.uint8) * 255).resize((64, 64), Image.Resampling.NEAREST)) > 0
+    )
 
     mapped = transform.mask(stored, height, width)
     pixels = transform.image(image)
@@ -175,7 +190,12 @@ def test_mask_of_full_and_empty_masks() -> None:
 
 def test_defaults_and_unsupported_specs_name_the_key() -> None:
     transform = InputTransform.from_preprocessing({"input_size": [3, 64, 64]})
-    assert (transform.size, transform.interpolation, transform.crop_pct, transform.crop_mode) == (64, "bilinear", DEFAULT_CROP_PCT, "center")
+    assert (transform.size, transform.interpolation, transform.crop_pct, transform.crop_mode) == (
+        64,
+        "bilinear",
+        DEFAULT_CROP_PCT,
+        "center",
+    )
     with pytest.raises(PreprocessingError, match=r"^crop_mode 'border'"):
         InputTransform.from_preprocessing({"input_size": (3, 224, 224), "crop_mode": "border"})
     with pytest.raises(PreprocessingError, match=r"^input_size \[3, 224, 256\]: only square"):

@@ -55,7 +55,7 @@ def test_heading_parser_skips_code_and_reads_both_levels() -> None:
     assert readme_headings(text) == ["Quick start", "Sub: part (x)"]
     headings = ["Real data: ImageNet and the OOD benchmarks", "Relevance (AttnLRP)", "Configuration"]
     assert named_heading("Real data: ImageNet and the OOD benchmarks)", headings) == headings[0]
-    assert named_heading("Relevance (AttnLRP))\")", headings) == headings[1]
+    assert named_heading('Relevance (AttnLRP))")', headings) == headings[1]
     assert named_heading("Configuration", headings) == "Configuration"
     assert named_heading("Real data)", headings) is None  # a prefix of a title is not the title
     assert named_heading("Configuration files)", headings) is None
@@ -69,4 +69,6 @@ def test_the_code_has_readme_references() -> None:
 @pytest.mark.parametrize(("path", "line", "rest"), references(), ids=lambda value: str(value)[:40])
 def test_readme_reference_names_a_heading(path: str, line: int, rest: str) -> None:
     headings = readme_headings((REPO / "README.md").read_text())
-    assert named_heading(rest, headings), f"{path}:{line}: 'README: {rest.strip()}' names no '## ' or '### ' heading of README.md; headings: {headings}"
+    assert named_heading(rest, headings), (
+        f"{path}:{line}: 'README: {rest.strip()}' names no '## ' or '### ' heading of README.md; headings: {headings}"
+    )

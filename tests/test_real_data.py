@@ -18,13 +18,13 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from pipeline.benchmarks.catalog import imagenet_subset
-from pipeline.class_names import imagenet_classes
-from pipeline.mask_store import ImageMasks, write_mask_store
-from pipeline.models import load_model_artifact
-from pipeline.preprocess import InputTransform
-from pipeline.training import Normalizer
+from pipeline.data.class_names import imagenet_classes
+from pipeline.data.preprocess import InputTransform
+from pipeline.masks.store import ImageMasks, write_mask_store
+from pipeline.models.factory import load_model_artifact
+from pipeline.utils.device import Normalizer
 from stages.cli import app
-from tests.test_benchmark_protocols import write_objectnet, write_si_score
+from tests.helpers.benchmark_files import write_objectnet, write_si_score
 
 MODEL = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 SMALL = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
@@ -61,10 +61,24 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "imagefolder": {"root": "imagenet/train"},
             "subset": {"seen_fraction": 0.005, "images_per_class": 1, "val_images_per_class": 1},
         },
-        "base": {"model": MODEL, "model_kwargs": SMALL, "pretrained": True, "checkpoint": str(checkpoint), "phases": [], "device": "cpu"},
+        "base": {
+            "model": MODEL,
+            "model_kwargs": SMALL,
+            "pretrained": True,
+            "checkpoint": str(checkpoint),
+            "phases": [],
+            "device": "cpu",
+        },
         "finetune": {
             "methods": ["cft", "plain"],
-            "train": {"epochs": 1, "batch_size": 4, "overlay_images": 2, "eval_batch_size": 64, "device": "cpu", "allow_chance": True},  # random weights: at chance by design
+            "train": {
+                "epochs": 1,
+                "batch_size": 4,
+                "overlay_images": 2,
+                "eval_batch_size": 64,
+                "device": "cpu",
+                "allow_chance": True,
+            },  # random weights: at chance by design
             "cft": {"objective": "relevance"},
             "plain": {"objective": "labels"},
         },
@@ -117,18 +131,34 @@ def test_base_takes_its_preprocessing_from_the_pretrained_cfg_and_the_checkpoint
 
 
 def test_finetune_reads_image_files_and_aligns_concept_masks(prepared: Path) -> None:
-    from pipeline.manifest import read_manifest, split_rows
+    from pipeline.data.manifest import read_manifest, split_rows
 
     rows = split_rows(read_manifest(prepared / "data/prepared/manifest.parquet"), "train")
     results = []
-    for image_id, class_name in zip(rows.column("image_id").to_pylist(), rows.column("class_name").to_pylist(), strict=True):
+    for image_id, class_name in zip(
+        rows.column("image_id").to_pylist(), rows.column("class_name").to_pylist(), strict=True
+    ):
         masks = np.zeros((2, 16, 16), dtype=bool)
         masks[0, 4:12, 4:12] = True  # a centred square, stretched to the store's square resolution
         masks[1, 6:10, 2:14] = True
         results.append(ImageMasks(image_id, class_name, ["head", "wings"], masks, missing=[False, False]))
     write_mask_store(prepared / "data/masks", results, (16, 16), "test")
     for method in ("cft", "plain"):
-        invoke(prepared, "finetune", method, "--out", f"models/{method}", "--checkpoints", f"checkpoints/finetune/{method}", "--metrics", f"metrics/finetune/{method}.json", "--plots", f"plots/finetune/{method}", "--masks", "data/masks")
+        invoke(
+            prepared,
+            "finetune",
+            method,
+            "--out",
+            f"models/{method}",
+            "--checkpoints",
+            f"checkpoints/finetune/{method}",
+            "--metrics",
+            f"metrics/finetune/{method}.json",
+            "--plots",
+            f"plots/finetune/{method}",
+            "--masks",
+            "data/masks",
+        )
     _, spec = load_model_artifact(prepared / "models/cft")
     assert spec["finetune"]["method"] == "cft" and len(spec["finetune"]["seen_classes"]) == 5
     assert (prepared / "plots/finetune/cft/relevance.png").stat().st_size > 0
@@ -140,7 +170,10 @@ def test_evaluate_each_benchmark(prepared: Path, benchmark: str) -> None:
         pytest.skip("needs the fine-tuned models of the previous test")
     output = invoke(prepared, "evaluate", benchmark, "base", "cft", "plain")
     assert f"{benchmark} / cft: accuracy" in output
-    saved = {model: json.loads((prepared / f"results/evaluate/{benchmark}/{model}/scores.json").read_text()) for model in ("base", "cft", "plain")}
+    saved = {
+        model: json.loads((prepared / f"results/evaluate/{benchmark}/{model}/scores.json").read_text())
+        for model in ("base", "cft", "plain")
+    }
     info, base = saved["base"]["benchmark"], saved["base"]["scores"]
     table = pq.read_table(prepared / f"results/evaluate/{benchmark}/base/predictions.parquet")
     assert table.num_rows == info["images"]
@@ -160,7 +193,7 @@ def test_objectnet_predictions_follow_the_protocol(prepared: Path) -> None:
     if not (prepared / "results/evaluate/objectnet").exists():
         pytest.skip("needs the ObjectNet evaluation of the previous test")
     from pipeline.benchmarks.catalog import read_benchmark
-    from pipeline.datasets import decode_image
+    from pipeline.data.datasets import decode_image
 
     model, spec = load_model_artifact(prepared / "models/base")
     model.eval()
@@ -182,22 +215,29 @@ def test_report_puts_the_benchmarks_side_by_side(prepared: Path) -> None:
     if not (prepared / "results/evaluate/si_score/plain").exists():
         pytest.skip("needs the evaluations of the previous tests")
     invoke(prepared, "report")
-    accuracies = [json.loads((prepared / f"results/evaluate/{name}/cft/scores.json").read_text())["scores"]["accuracy"] for name in ("imagenet_a", "objectnet", "si_score")]
+    accuracies = [
+        json.loads((prepared / f"results/evaluate/{name}/cft/scores.json").read_text())["scores"]["accuracy"]
+        for name in ("imagenet_a", "objectnet", "si_score")
+    ]
     compact = json.loads((prepared / "metrics/cft.json").read_text())
-    assert compact["ood_acc"] == pytest.approx(np.mean(accuracies), abs=1e-4)  # in_distribution: null, so all three are OOD
+    assert compact["ood_acc"] == pytest.approx(
+        np.mean(accuracies), abs=1e-4
+    )  # in_distribution: null, so all three are OOD
     assert (prepared / "plots/summary/accuracy.png").stat().st_size > 0
     assert (prepared / "plots/summary/factors_si_score.png").stat().st_size > 0
 
 
-def test_masks_of_images_of_several_sizes_need_a_resolution_before_models_load(prepared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_masks_of_images_of_several_sizes_need_a_resolution_before_models_load(
+    prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Grounded-SAM stores masks at the images' size unless masks.resolution is set: mixed sizes
     are refused up front, naming a file, instead of after the models loaded and segmented."""
-    import pipeline.masks_grounded
-    from pipeline.concepts import write_concepts
-    from pipeline.config import MasksConfig
-    from pipeline.mask_backends import build_mask_store
-    from pipeline.manifest import read_manifest
-    from pipeline.subset import SUBSET_NAME, read_subset, subset_ids
+    import pipeline.masks.grounded
+    from pipeline.concepts.store import write_concepts
+    from pipeline.config.masks import MasksConfig
+    from pipeline.data.manifest import read_manifest
+    from pipeline.data.subset import SUBSET_NAME, read_subset, subset_ids
+    from pipeline.masks.backends import build_mask_store
 
     subset, _ = read_subset(prepared / "data/subset" / SUBSET_NAME)
     manifest = read_manifest(prepared / "data/prepared/manifest.parquet")
@@ -208,8 +248,20 @@ def test_masks_of_images_of_several_sizes_need_a_resolution_before_models_load(p
     def refuse(_: object) -> None:
         raise AssertionError("the models were loaded before the sizes were checked")
 
-    monkeypatch.setattr(pipeline.masks_grounded, "load_grounded_sam", refuse)
+    monkeypatch.setattr(pipeline.masks.grounded, "load_grounded_sam", refuse)
     write_concepts(prepared / "concepts_sizes", {}, {"source": "test"})
-    config = MasksConfig(backend="grounded_sam", resolution=None, grounded_sam={"grounding": {"checkpoint": "dino.pth"}, "sam": {"checkpoint": "sam.pth"}})
+    config = MasksConfig(
+        backend="grounded_sam",
+        resolution=None,
+        grounded_sam={"grounding": {"checkpoint": "dino.pth"}, "sam": {"checkpoint": "sam.pth"}},
+    )
     with pytest.raises(ValueError, match=r"\.JPEG: 48x\d\d pixels, unlike .*; set masks.resolution"):
-        build_mask_store(config, prepared / "data/prepared", prepared / "data/subset", prepared / "concepts_sizes", prepared / "masks_sizes", prepared / "work_sizes", None)
+        build_mask_store(
+            config,
+            prepared / "data/prepared",
+            prepared / "data/subset",
+            prepared / "concepts_sizes",
+            prepared / "masks_sizes",
+            prepared / "work_sizes",
+            None,
+        )

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import pipeline.dinov2_classifier  # noqa: F401  (registers dinov2_*_lc with timm)
-from pipeline.objective import normalise_relevance
+import pipeline.models.dinov2_classifier  # noqa: F401  (registers dinov2_*_lc with timm)
 from pipeline.relevance.rollout import attention_capture, rollout
-from tests.relevance_checks import directional_difference, unit_direction
+from pipeline.training.objective import normalise_relevance
+from tests.helpers.relevance_checks import directional_difference, unit_direction
 
 SIZE, PATCH = 32, 8
 TINY = dict(pretrained=False, num_classes=5, img_size=SIZE, patch_size=PATCH, embed_dim=48, depth=2, num_heads=3)
@@ -20,10 +20,16 @@ TINY = dict(pretrained=False, num_classes=5, img_size=SIZE, patch_size=PATCH, em
 def tiny_vit(registers: int = 0, fused: bool = True) -> nn.Module:
     torch.manual_seed(0)
     extra = dict(reg_tokens=registers, no_embed_class=True) if registers else {}
-    model = timm.create_model("vit_small_patch16_224" if registers else "vit_tiny_patch16_224", **TINY, **extra).double().eval()
+    model = (
+        timm.create_model("vit_small_patch16_224" if registers else "vit_tiny_patch16_224", **TINY, **extra)
+        .double()
+        .eval()
+    )
     with torch.no_grad():  # timm's init leaves biases at 0 and tokens tiny: give every path some weight
         for name, parameter in model.named_parameters():
-            parameter.add_(torch.randn_like(parameter) * (0.3 if parameter.ndim == 1 or "token" in name or "pos" in name else 0.1))
+            parameter.add_(
+                torch.randn_like(parameter) * (0.3 if parameter.ndim == 1 or "token" in name or "pos" in name else 0.1)
+            )
     for block in model.blocks:
         block.attn.fused_attn = fused
     return model
@@ -36,7 +42,9 @@ def images(count: int = 2, seed: int = 1) -> torch.Tensor:
 # --- an independent reference: hooks and explicit loops, one image -----------------------------
 
 
-def reference(model: nn.Module, image: torch.Tensor, target: int, gradients: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def reference(
+    model: nn.Module, image: torch.Tensor, target: int, gradients: list[torch.Tensor] | None = None
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Rollout of one image (1, 3, H, W) without touching the attention forward.
 
     The attention probabilities are rebuilt per head from the hooked ``qkv`` output, and ∂s/∂A
@@ -96,7 +104,17 @@ def test_matches_independent_reference(registers: int, fused: bool) -> None:
 def test_dinov2_linear_classifier_with_registers() -> None:
     """cft's own DINOv2 classifier (class tokens of the last blocks + mean patch token, 4 registers)."""
     torch.manual_seed(0)
-    model = timm.create_model("dinov2_vits14_reg_lc", pretrained=False, num_classes=5, img_size=28, patch_size=14, embed_dim=48, depth=2, num_heads=3, cls_layers=1).eval()
+    model = timm.create_model(
+        "dinov2_vits14_reg_lc",
+        pretrained=False,
+        num_classes=5,
+        img_size=28,
+        patch_size=14,
+        embed_dim=48,
+        depth=2,
+        num_heads=3,
+        cls_layers=1,
+    ).eval()
     result = rollout(model, torch.randn(2, 3, 28, 28), torch.tensor([0, 3]))
     assert model.num_prefix_tokens == 5
     assert result.tokens.shape == (2, 2, 2) and result.maps.shape == (2, 28, 28)
@@ -126,7 +144,11 @@ def test_patch_restores_forward_exactly(fused: bool) -> None:
 
 def test_nested_capture_is_refused() -> None:
     model = tiny_vit()
-    with attention_capture(model), pytest.raises(ValueError, match="already has a patched forward"), attention_capture(model):
+    with (
+        attention_capture(model),
+        pytest.raises(ValueError, match="already has a patched forward"),
+        attention_capture(model),
+    ):
         pass
     assert all("forward" not in vars(block.attn) for block in model.blocks)
 
@@ -170,8 +192,13 @@ MASK = (torch.rand(2, SIZE, SIZE, generator=torch.Generator().manual_seed(7)) > 
 PROBED = ["blocks.0.attn.qkv.weight", "blocks.1.attn.qkv.bias", "pos_embed", "blocks.0.mlp.fc1.weight"]
 
 
-def reference_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, gradients: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
-    maps = [reference(model, x[i : i + 1], int(targets[i]), None if gradients is None else gradients[i])[0] for i in range(len(x))]
+def reference_loss(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, gradients: list[list[torch.Tensor]] | None = None
+) -> torch.Tensor:
+    maps = [
+        reference(model, x[i : i + 1], int(targets[i]), None if gradients is None else gradients[i])[0]
+        for i in range(len(x))
+    ]
     return (torch.stack(maps) * MASK).sum()
 
 
@@ -183,7 +210,9 @@ def test_gradient_flows_through_attention_maps_only() -> None:
     parameters = dict(model.named_parameters())
     result = rollout(model, x, targets, create_graph=True)
     loss = (result.upsampled() * MASK).sum()
-    qkv, head = torch.autograd.grad(loss, [parameters["blocks.0.attn.qkv.weight"], parameters["head.weight"]], allow_unused=True)
+    qkv, head = torch.autograd.grad(
+        loss, [parameters["blocks.0.attn.qkv.weight"], parameters["head.weight"]], allow_unused=True
+    )
     assert qkv is not None and qkv.abs().max() > 1e-3
     assert head is None  # the head only enters through ∂s/∂A, which is held constant
     assert result.logits.requires_grad  # for the classification term of the same loss
@@ -206,7 +235,9 @@ def test_gradient_matches_finite_differences_of_the_detached_function() -> None:
         numeric_full = directional_difference(lambda: reference_loss(model, x, targets).item(), parameter, direction)
         assert abs(numeric) > 1e-3, f"{name}: the loss barely depends on it"
         assert analytic == pytest.approx(numeric, rel=1e-5), name
-        assert abs(numeric_full - analytic) > 1e-2 * abs(analytic), f"{name}: frozen and full gradients agree, the check proves nothing"
+        assert abs(numeric_full - analytic) > 1e-2 * abs(analytic), (
+            f"{name}: frozen and full gradients agree, the check proves nothing"
+        )
 
 
 # --- refusals ------------------------------------------------------------------------------------

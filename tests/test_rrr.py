@@ -7,9 +7,9 @@ import timm
 import torch
 from torch import nn
 
-from pipeline.rrr import calibrated_weight, log_probability_input_gradient, masked_gradient_penalty, rrr_loss
-from pipeline.training import autocast
-from tests.relevance_checks import directional_difference, unit_direction
+from pipeline.training.rrr import calibrated_weight, log_probability_input_gradient, masked_gradient_penalty, rrr_loss
+from pipeline.utils.device import autocast
+from tests.helpers.relevance_checks import directional_difference, unit_direction
 
 CLASSES, SIZE = 3, 4
 
@@ -30,13 +30,18 @@ def batch(count: int = 2, size: int = SIZE, seed: int = 1) -> tuple[torch.Tensor
 # --- by hand on a linear model -------------------------------------------------------------------
 
 
-def linear_by_hand(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, weight: float) -> tuple[float, float, list[torch.Tensor]]:
+def linear_by_hand(
+    model: nn.Module, x: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, weight: float
+) -> tuple[float, float, list[torch.Tensor]]:
     """For z = W x + b: Σ_k log p_k = Σ_k z_k − K·logsumexp(z), so its input gradient is
     Σ_k W_k − K Σ_j p_j W_j = Wᵀ(1 − K p), a (3·H·W) vector reshaped to the image."""
     linear = model[1]
     ce, penalty, gradients = 0.0, 0.0, []
     for image, label, mask in zip(x, labels, masks, strict=True):
-        logits = [sum(w * v for w, v in zip(row.tolist(), image.flatten().tolist(), strict=True)) + b for row, b in zip(linear.weight, linear.bias.tolist(), strict=True)]
+        logits = [
+            sum(w * v for w, v in zip(row.tolist(), image.flatten().tolist(), strict=True)) + b
+            for row, b in zip(linear.weight, linear.bias.tolist(), strict=True)
+        ]
         normaliser = math.log(sum(math.exp(z) for z in logits))
         probabilities = [math.exp(z - normaliser) for z in logits]
         ce += normaliser - logits[int(label)]
@@ -93,10 +98,25 @@ VIT_SIZE = 16
 
 def tiny_vit(fused: bool = False) -> nn.Module:
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=CLASSES, img_size=VIT_SIZE, patch_size=4, embed_dim=24, depth=2, num_heads=2).double().eval()
+    model = (
+        timm.create_model(
+            "vit_tiny_patch16_224",
+            pretrained=False,
+            num_classes=CLASSES,
+            img_size=VIT_SIZE,
+            patch_size=4,
+            embed_dim=24,
+            depth=2,
+            num_heads=2,
+        )
+        .double()
+        .eval()
+    )
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            parameter.add_(torch.randn_like(parameter) * (0.3 if parameter.ndim == 1 or "token" in name or "pos" in name else 0.1))
+            parameter.add_(
+                torch.randn_like(parameter) * (0.3 if parameter.ndim == 1 or "token" in name or "pos" in name else 0.1)
+            )
     for block in model.blocks:
         block.attn.fused_attn = fused
     return model
@@ -107,7 +127,11 @@ def test_all_ones_mask_has_zero_penalty() -> None:
     x, labels, _ = batch(size=VIT_SIZE)
     total, terms = rrr_loss(model, x, labels, torch.ones(2, VIT_SIZE, VIT_SIZE), penalty_weight=10.0)
     assert terms["input_gradient"] == 0.0
-    assert total.item() == terms["classification"] == pytest.approx(torch.nn.functional.cross_entropy(model(x), labels).item(), rel=1e-12)
+    assert (
+        total.item()
+        == terms["classification"]
+        == pytest.approx(torch.nn.functional.cross_entropy(model(x), labels).item(), rel=1e-12)
+    )
     _, masked_terms = rrr_loss(model, x, labels, torch.zeros(2, VIT_SIZE, VIT_SIZE), penalty_weight=10.0)
     assert masked_terms["input_gradient"] > 1e-4
 
@@ -123,7 +147,9 @@ def test_parameter_gradient_matches_finite_differences() -> None:
     gradients = torch.autograd.grad(rrr_loss(model, x, labels, masks, penalty_weight=3.0)[0], probed)
     for index, (name, parameter, gradient) in enumerate(zip(PROBED, probed, gradients, strict=True)):
         direction = unit_direction(parameter.shape, 10 + index)
-        numeric = directional_difference(lambda: rrr_loss(model, x, labels, masks, penalty_weight=3.0)[0].item(), parameter, direction)
+        numeric = directional_difference(
+            lambda: rrr_loss(model, x, labels, masks, penalty_weight=3.0)[0].item(), parameter, direction
+        )
         analytic = (gradient * direction).sum().item()
         assert abs(numeric) > 1e-4, f"{name}: the loss barely depends on it"
         assert analytic == pytest.approx(numeric, rel=1e-5), name

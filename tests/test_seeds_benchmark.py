@@ -14,17 +14,21 @@ import yaml
 from typer.testing import CliRunner
 
 from stages.cli import app
-from tests.test_stages import tiny_params
+from tests.helpers.tiny import tiny_params
 
 
 def load_seeds_script() -> ModuleType:  # benchmarks/ is scripts, not a package
-    spec = importlib.util.spec_from_file_location("seeds", Path(__file__).resolve().parents[1] / "benchmarks" / "seeds.py")
+    spec = importlib.util.spec_from_file_location(
+        "seeds", Path(__file__).resolve().parents[1] / "benchmarks" / "seeds.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_one_table_over_seeds_with_every_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_table_over_seeds_with_every_benchmark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     seeds = load_seeds_script()
 
     def in_process(command: list[str], check: bool, cwd: Path) -> None:
@@ -41,14 +45,22 @@ def test_one_table_over_seeds_with_every_benchmark(tmp_path: Path, capsys: pytes
     assert "| swapped_bg | miou |" in table and "| summary | ood_acc |" in table
     for seed in (3, 4):
         results = tmp_path / f"work/seed{seed}/results/evaluate"
-        assert {(path.parent.name, path.name) for path in results.glob("*/*")} == {(b, m) for b in ("test", "swapped_bg") for m in ("base", "cft", "plain")}
-        assert sorted(path.name for path in (tmp_path / f"work/seed{seed}/metrics").iterdir()) == ["base.json", "cft.json", "plain.json"]
+        assert {(path.parent.name, path.name) for path in results.glob("*/*")} == {
+            (b, m) for b in ("test", "swapped_bg") for m in ("base", "cft", "plain")
+        }
+        assert sorted(path.name for path in (tmp_path / f"work/seed{seed}/metrics").iterdir()) == [
+            "base.json",
+            "cft.json",
+            "plain.json",
+        ]
     first = (tmp_path / "work/seed3/plots/summary/metrics.csv").read_text()
     second = (tmp_path / "work/seed4/plots/summary/metrics.csv").read_text()
     assert first != second  # the seed reaches data, subset, base and fine-tuning
     spread = [line for line in table.splitlines() if line.startswith("| test | accuracy_seen |")]
     assert spread and "±" in spread[0]
-    assert "paired differences over seeds [3, 4]" in table and "| ood_acc | cft | " in table  # against plain (fgbg was not run)
+    assert (
+        "paired differences over seeds [3, 4]" in table and "| ood_acc | cft | " in table
+    )  # against plain (fgbg was not run)
 
 
 def test_outputs_of_other_code_or_params_are_not_reused(tmp_path: Path) -> None:
@@ -58,7 +70,14 @@ def test_outputs_of_other_code_or_params_are_not_reused(tmp_path: Path) -> None:
     root.mkdir()
     seeds.check_reusable(root, params)
     seeds.check_reusable(root, params)  # same code, same params: reuse
-    with_method = {**params, "finetune": {**params["finetune"], "methods": ["cft", "plain", "fgbg"], "fgbg": {"objective": "relevance", "masks": "object"}}}
+    with_method = {
+        **params,
+        "finetune": {
+            **params["finetune"],
+            "methods": ["cft", "plain", "fgbg"],
+            "fgbg": {"objective": "relevance", "masks": "object"},
+        },
+    }
     seeds.check_reusable(root, with_method)  # a new method: the others are reused
     changed = {**params, "base": {**params["base"], "lr": 0.5}}
     with pytest.raises(SystemExit, match="seed0: made with different params 'base'; use a new --work folder"):
@@ -72,7 +91,9 @@ def test_outputs_of_other_code_or_params_are_not_reused(tmp_path: Path) -> None:
 def student_t_cdf_above_zero(quantile: float, df: int, steps: int = 20000) -> float:
     """∫_0^q of Student's t density (Simpson's rule): an independent check of the table."""
     log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    density = [math.exp(log_norm - (df + 1) / 2 * math.log1p((quantile * i / steps) ** 2 / df)) for i in range(steps + 1)]
+    density = [
+        math.exp(log_norm - (df + 1) / 2 * math.log1p((quantile * i / steps) ** 2 / df)) for i in range(steps + 1)
+    ]
     h = quantile / steps
     return h / 3 * (density[0] + density[-1] + 4 * sum(density[1:-1:2]) + 2 * sum(density[2:-1:2]))
 
@@ -89,7 +110,10 @@ def test_paired_differences_by_hand() -> None:
     differences = [0.1, 0.2, 0.0]
     half = 4.303 * statistics.stdev(differences) / math.sqrt(3)
     assert mean == pytest.approx(0.1) and low == pytest.approx(0.1 - half) and high == pytest.approx(0.1 + half)
-    results = [{"summary": {"plain": {"ood_acc": r}, "cft": {"ood_acc": v}, "base": {}}} for v, r in ((0.7, 0.6), (0.8, 0.6), (0.6, 0.6))]
+    results = [
+        {"summary": {"plain": {"ood_acc": r}, "cft": {"ood_acc": v}, "base": {}}}
+        for v, r in ((0.7, 0.6), (0.8, 0.6), (0.6, 0.6))
+    ]
     table = seeds.paired_table(results, ["plain"])
     assert f"| ood_acc | cft | +0.100 [{0.1 - half:+.3f}, {0.1 + half:+.3f}] |" in table
     assert "| ood_acc | plain |" not in table and "| ood_acc | base |" not in table

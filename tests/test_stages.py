@@ -9,41 +9,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.manifest import read_manifest
-from pipeline.models import load_model_artifact
+from pipeline.data.manifest import read_manifest
+from pipeline.models.factory import load_model_artifact
 from stages.cli import app
-from tests.conftest import TINY_SPLITS
-
-TINY_BASE = {
-    "model": "vit_tiny_patch16_224",
-    "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2},
-    "phases": [{"split": "pretrain", "epochs": 1}, {"split": "train", "epochs": 1}],
-    "batch_size": 32,
-    "warmup_steps": 1,
-    "allow_chance": True,  # a few steps on 100 images: at chance, which these tests accept
-}
-
-
-TINY_SUBSET = {"images_per_class": 2, "val_images_per_class": 1}
-TINY_FINETUNE = {
-    "methods": ["cft", "plain"],
-    "train": {"epochs": 2, "batch_size": 4, "lr": 1e-4, "lr_step_epochs": 1, "overlay_images": 3, "eval_batch_size": 16, "allow_chance": True},
-    "cft": {"objective": "relevance"},
-    "plain": {"objective": "labels"},
-}
-TINY_EVALUATE = {"relevance_images": 8, "overlay_images": 3, "benchmarks": {"test": {"kind": "split"}, "swapped_bg": {"kind": "split"}}, "shortcut_tests": {"bg": "swapped_bg"}}
-
-
-def tiny_params(path: Path, **base_overrides: object) -> Path:
-    params = {
-        "data": {"seed": 0, "world": {"split_sizes": TINY_SPLITS}, "subset": TINY_SUBSET},
-        "base": {**TINY_BASE, **base_overrides},
-        "finetune": TINY_FINETUNE,
-        "evaluate": TINY_EVALUATE,
-    }
-    path.write_text(yaml.safe_dump(params))
-    return path
-
+from tests.helpers.tiny import TINY_FINETUNE, TINY_SPLITS, tiny_params
 
 runner = CliRunner()
 
@@ -61,10 +30,42 @@ def cli(params: Path) -> Callable[..., str]:
 
 def run_until_masks(invoke: Callable[..., str], root: Path) -> str:
     """prepare -> base -> concepts -> masks into ``root``; the masks stage's output."""
-    invoke("prepare", "--out", str(root / "data"), "--subset", str(root / "subset"), "--metrics", str(root / "m/prepare.json"))
-    invoke("base", "--data", str(root / "data"), "--out", str(root / "models/base"), "--metrics", str(root / "m/base.json"), "--plots", str(root / "p/base"))
+    invoke(
+        "prepare",
+        "--out",
+        str(root / "data"),
+        "--subset",
+        str(root / "subset"),
+        "--metrics",
+        str(root / "m/prepare.json"),
+    )
+    invoke(
+        "base",
+        "--data",
+        str(root / "data"),
+        "--out",
+        str(root / "models/base"),
+        "--metrics",
+        str(root / "m/base.json"),
+        "--plots",
+        str(root / "p/base"),
+    )
     invoke("concepts", "--data", str(root / "data"), "--out", str(root / "concepts"))
-    return invoke("masks", "--data", str(root / "data"), "--subset", str(root / "subset"), "--concepts", str(root / "concepts"), "--out", str(root / "masks"), "--work", str(root / "work"), "--sheet", str(root / "p/masks.png"))
+    return invoke(
+        "masks",
+        "--data",
+        str(root / "data"),
+        "--subset",
+        str(root / "subset"),
+        "--concepts",
+        str(root / "concepts"),
+        "--out",
+        str(root / "masks"),
+        "--work",
+        str(root / "work"),
+        "--sheet",
+        str(root / "p/masks.png"),
+    )
 
 
 @pytest.mark.parametrize("command", [[], ["prepare"], ["base"], ["concepts"], ["masks"], ["finetune"], ["evaluate"]])
@@ -92,13 +93,38 @@ def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
 def test_prepare_then_base(tmp_path: Path) -> None:
     params = tiny_params(tmp_path / "params.yaml")
     data, model_dir = tmp_path / "data", tmp_path / "model"
-    result = runner.invoke(app, ["prepare", "--params", str(params), "--out", str(data), "--subset", str(tmp_path / "subset"), "--metrics", str(tmp_path / "prepare.json")])
+    result = runner.invoke(
+        app,
+        [
+            "prepare",
+            "--params",
+            str(params),
+            "--out",
+            str(data),
+            "--subset",
+            str(tmp_path / "subset"),
+            "--metrics",
+            str(tmp_path / "prepare.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert read_manifest(data / "manifest.parquet").num_rows == sum(TINY_SPLITS.values())
-    result = runner.invoke(app, [
-        "base", "--params", str(params), "--data", str(data), "--out", str(model_dir),
-        "--metrics", str(tmp_path / "base.json"), "--plots", str(tmp_path / "plots"),
-    ])
+    result = runner.invoke(
+        app,
+        [
+            "base",
+            "--params",
+            str(params),
+            "--data",
+            str(data),
+            "--out",
+            str(model_dir),
+            "--metrics",
+            str(tmp_path / "base.json"),
+            "--plots",
+            str(tmp_path / "plots"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     model, spec = load_model_artifact(model_dir)
     assert spec["class_names"][0] == "fish" and spec["create_kwargs"]["img_size"] == 32
@@ -113,7 +139,9 @@ def test_prepare_then_base(tmp_path: Path) -> None:
 
 def test_base_rejects_a_phase_on_a_missing_split(tmp_path: Path, tiny_world: Path) -> None:
     params = tiny_params(tmp_path / "params.yaml", phases=[{"split": "imagenet", "epochs": 1}])
-    result = runner.invoke(app, ["base", "--params", str(params), "--data", str(tiny_world), "--out", str(tmp_path / "m")])
+    result = runner.invoke(
+        app, ["base", "--params", str(params), "--data", str(tiny_world), "--out", str(tmp_path / "m")]
+    )
     assert result.exit_code == 2
     assert "split 'imagenet' is not in" in result.output
 
@@ -125,9 +153,24 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
     assert "ok " in output and (tmp_path / "p/masks.png").stat().st_size > 0
     for method in ("cft", "plain"):
         output = invoke(
-            "finetune", method, "--base", str(tmp_path / "models/base"), "--data", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"),
-            "--masks", str(tmp_path / "masks"), "--out", str(tmp_path / f"models/{method}"), "--checkpoints", str(tmp_path / f"ckpt/{method}"),
-            "--metrics", str(tmp_path / f"m/{method}.json"), "--plots", str(tmp_path / f"p/{method}"),
+            "finetune",
+            method,
+            "--base",
+            str(tmp_path / "models/base"),
+            "--data",
+            str(tmp_path / "data"),
+            "--subset",
+            str(tmp_path / "subset"),
+            "--masks",
+            str(tmp_path / "masks"),
+            "--out",
+            str(tmp_path / f"models/{method}"),
+            "--checkpoints",
+            str(tmp_path / f"ckpt/{method}"),
+            "--metrics",
+            str(tmp_path / f"m/{method}.json"),
+            "--plots",
+            str(tmp_path / f"p/{method}"),
         )
         assert "background share of relevance" in output
         curves = (tmp_path / f"p/{method}/curves.csv").read_text().splitlines()
@@ -138,27 +181,72 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
     for benchmark in ("test", "swapped_bg"):
         # base alone, then the two methods in one call (sharing each batch): the same results
         output = invoke(
-            "evaluate", benchmark, "base", "--models", str(tmp_path / "models"), "--data", str(tmp_path / "data"),
-            "--subset", str(tmp_path / "subset"), "--out", str(tmp_path / f"results/{benchmark}"), "--work", str(tmp_path / f"ckpt/evaluate/{benchmark}"),
+            "evaluate",
+            benchmark,
+            "base",
+            "--models",
+            str(tmp_path / "models"),
+            "--data",
+            str(tmp_path / "data"),
+            "--subset",
+            str(tmp_path / "subset"),
+            "--out",
+            str(tmp_path / f"results/{benchmark}"),
+            "--work",
+            str(tmp_path / f"ckpt/evaluate/{benchmark}"),
         )
         output += invoke(
-            "evaluate", benchmark, "cft", "plain", "--models", str(tmp_path / "models"), "--data", str(tmp_path / "data"),
-            "--subset", str(tmp_path / "subset"), "--out", str(tmp_path / f"results/{benchmark}"), "--work", str(tmp_path / f"ckpt/evaluate/{benchmark}"),
+            "evaluate",
+            benchmark,
+            "cft",
+            "plain",
+            "--models",
+            str(tmp_path / "models"),
+            "--data",
+            str(tmp_path / "data"),
+            "--subset",
+            str(tmp_path / "subset"),
+            "--out",
+            str(tmp_path / f"results/{benchmark}"),
+            "--work",
+            str(tmp_path / f"ckpt/evaluate/{benchmark}"),
         )
         assert f"{benchmark} / cft: accuracy" in output and f"{benchmark} / base: accuracy" in output
         for model in ("base", "cft", "plain"):
             assert (tmp_path / f"results/{benchmark}/{model}/predictions.parquet").stat().st_size > 0
             assert (tmp_path / f"results/{benchmark}/{model}/overlay.npz").stat().st_size > 0
-    invoke("report", "--results", str(tmp_path / "results"), "--metrics", str(tmp_path / "metrics"), "--plots", str(tmp_path / "p/summary"))
-    compact = {model: json.loads((tmp_path / f"metrics/{model}.json").read_text()) for model in ("base", "cft", "plain")}
+    invoke(
+        "report",
+        "--results",
+        str(tmp_path / "results"),
+        "--metrics",
+        str(tmp_path / "metrics"),
+        "--plots",
+        str(tmp_path / "p/summary"),
+    )
+    compact = {
+        model: json.loads((tmp_path / f"metrics/{model}.json").read_text()) for model in ("base", "cft", "plain")
+    }
     assert sorted(path.name for path in (tmp_path / "metrics").iterdir()) == ["base.json", "cft.json", "plain.json"]
     assert compact["base"]["forgetting"] == 0.0
     assert set(compact["cft"]) == {"ood_acc", "ood_seen", "ood_unseen", "id_acc", "forgetting", "cue_lift", "bg_drop"}
     detail = (tmp_path / "p/summary/metrics.csv").read_text().splitlines()
     header = detail[0].split(",")
-    assert {"accuracy", "accuracy_seen", "accuracy_unseen", "miou", "miou_seen", "miou_unseen", "background_share", "ap", "pixel_accuracy"} <= set(header)
+    assert {
+        "accuracy",
+        "accuracy_seen",
+        "accuracy_unseen",
+        "miou",
+        "miou_seen",
+        "miou_unseen",
+        "background_share",
+        "ap",
+        "pixel_accuracy",
+    } <= set(header)
     rows = [dict(zip(header, line.split(","), strict=True)) for line in detail[1:]]
-    assert {(row["benchmark"], row["model"]) for row in rows} == {(b, m) for b in ("test", "swapped_bg") for m in ("base", "cft", "plain")}
+    assert {(row["benchmark"], row["model"]) for row in rows} == {
+        (b, m) for b in ("test", "swapped_bg") for m in ("base", "cft", "plain")
+    }
     swapped_cft = next(row for row in rows if row["benchmark"] == "swapped_bg" and row["model"] == "cft")
     assert compact["cft"]["ood_acc"] == round(float(swapped_cft["accuracy"]), 4)
     for name in ("accuracy.png", "miou.png", "metrics.csv", "relevance_test.png", "relevance_swapped_bg.png"):
@@ -167,14 +255,32 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
 
 def test_finetune_names_an_unknown_method(tmp_path: Path) -> None:
     params = tiny_params(tmp_path / "params.yaml")
-    result = runner.invoke(app, ["finetune", "robust", "--params", str(params), "--out", "o", "--checkpoints", "c", "--metrics", "m.json", "--plots", "p"])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "robust",
+            "--params",
+            str(params),
+            "--out",
+            "o",
+            "--checkpoints",
+            "c",
+            "--metrics",
+            "m.json",
+            "--plots",
+            "p",
+        ],
+    )
     assert result.exit_code == 2
     assert "no fine-tuning method 'finetune.robust'; defined: ['cft', 'plain']" in result.output
 
 
-def test_concepts_from_an_llm_through_the_cli(tmp_path: Path, tiny_world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.concepts import read_concepts
-    from tests.llm_server import Reply, ScriptedLLM, concepts_json
+def test_concepts_from_an_llm_through_the_cli(
+    tmp_path: Path, tiny_world: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.concepts.store import read_concepts
+    from tests.helpers.llm_server import Reply, ScriptedLLM, concepts_json
 
     monkeypatch.setenv("CFT_TEST_LLM_KEY", "sk-never-in-artifacts")
 
@@ -185,20 +291,33 @@ def test_concepts_from_an_llm_through_the_cli(tmp_path: Path, tiny_world: Path, 
 
     with ScriptedLLM(script) as server:
         params = tmp_path / "params.yaml"
-        llm = {"model": "openai/local", "api_base": server.url, "api_key_env": "CFT_TEST_LLM_KEY", "cache_dir": str(tmp_path / "cache"), "backoff_s": 0.0, "max_retries": 1}
+        llm = {
+            "model": "openai/local",
+            "api_base": server.url,
+            "api_key_env": "CFT_TEST_LLM_KEY",
+            "cache_dir": str(tmp_path / "cache"),
+            "backoff_s": 0.0,
+            "max_retries": 1,
+        }
         params.write_text(yaml.safe_dump({"concepts": {"source": "llm", "llm": llm}}))
-        result = runner.invoke(app, ["concepts", "--params", str(params), "--data", str(tiny_world), "--out", str(tmp_path / "concepts")])
+        result = runner.invoke(
+            app, ["concepts", "--params", str(params), "--data", str(tiny_world), "--out", str(tmp_path / "concepts")]
+        )
         assert result.exit_code == 2
         assert "1 class(es) without valid concepts after 1 retries: ['rocket']" in result.output
         assert not (tmp_path / "concepts").exists()
 
         llm["on_invalid"] = "fallback"
         params.write_text(yaml.safe_dump({"concepts": {"source": "llm", "llm": llm}}))
-        result = runner.invoke(app, ["concepts", "--params", str(params), "--data", str(tiny_world), "--out", str(tmp_path / "concepts")])
+        result = runner.invoke(
+            app, ["concepts", "--params", str(params), "--data", str(tiny_world), "--out", str(tmp_path / "concepts")]
+        )
         assert result.exit_code == 0, result.output
         assert "fallbacks ['rocket']" in result.output
         requests = server.count()
-        rerun = runner.invoke(app, ["concepts", "--params", str(params), "--data", str(tiny_world), "--out", str(tmp_path / "concepts")])
+        rerun = runner.invoke(
+            app, ["concepts", "--params", str(params), "--data", str(tiny_world), "--out", str(tmp_path / "concepts")]
+        )
         assert rerun.exit_code == 0 and server.count() == requests + 2  # only the invalid class is asked again
     concepts = read_concepts(tmp_path / "concepts")
     assert concepts["fish"] == ["wings", "pointed tip"] and concepts["rocket"] == ["rocket"]
@@ -212,7 +331,10 @@ def test_concepts_from_an_llm_through_the_cli(tmp_path: Path, tiny_world: Path, 
 
 MODEL_FAMILIES = {
     "convnextv2": {"model": "convnextv2_atto", "model_kwargs": {"depths": [1, 1, 1, 1], "dims": [8, 16, 16, 16]}},
-    "dinov2_linear_head": {"model": "dinov2_vits14_lc", "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2}},
+    "dinov2_linear_head": {
+        "model": "dinov2_vits14_lc",
+        "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2},
+    },
 }
 
 
@@ -221,22 +343,58 @@ def test_cft_runs_on_every_model_family(tmp_path: Path, family: str) -> None:
     """base -> masks -> finetune cft -> evaluate through the CLI for the CNN and the DINOv2 classifier."""
     params = tiny_params(tmp_path / "params.yaml", **MODEL_FAMILIES[family], phases=[{"split": "train", "epochs": 1}])
     config = yaml.safe_load(params.read_text())
-    config["finetune"] = {**TINY_FINETUNE, "methods": ["cft"], "train": {**TINY_FINETUNE["train"], "epochs": 1, "lr": 1e-3}}
+    config["finetune"] = {
+        **TINY_FINETUNE,
+        "methods": ["cft"],
+        "train": {**TINY_FINETUNE["train"], "epochs": 1, "lr": 1e-3},
+    }
     params.write_text(yaml.safe_dump(config))
     invoke = cli(params)
     run_until_masks(invoke, tmp_path)
     invoke(
-        "finetune", "cft", "--base", str(tmp_path / "models/base"), "--data", str(tmp_path / "data"), "--subset", str(tmp_path / "subset"),
-        "--masks", str(tmp_path / "masks"), "--out", str(tmp_path / "models/cft"), "--checkpoints", str(tmp_path / "ckpt/cft"),
-        "--metrics", str(tmp_path / "m/cft.json"), "--plots", str(tmp_path / "p/cft"),
+        "finetune",
+        "cft",
+        "--base",
+        str(tmp_path / "models/base"),
+        "--data",
+        str(tmp_path / "data"),
+        "--subset",
+        str(tmp_path / "subset"),
+        "--masks",
+        str(tmp_path / "masks"),
+        "--out",
+        str(tmp_path / "models/cft"),
+        "--checkpoints",
+        str(tmp_path / "ckpt/cft"),
+        "--metrics",
+        str(tmp_path / "m/cft.json"),
+        "--plots",
+        str(tmp_path / "p/cft"),
     )
     base, spec = load_model_artifact(tmp_path / "models/base")
     tuned, _ = load_model_artifact(tmp_path / "models/cft")
     assert spec["timm_name"] == MODEL_FAMILIES[family]["model"]
-    assert any(not torch.equal(a, b) for a, b in zip(base.state_dict().values(), tuned.state_dict().values(), strict=True))
-    invoke(
-        "evaluate", "test", "base", "cft", "--models", str(tmp_path / "models"), "--data", str(tmp_path / "data"),
-        "--subset", str(tmp_path / "subset"), "--out", str(tmp_path / "results/test"), "--work", str(tmp_path / "ckpt/evaluate/test"),
+    assert any(
+        not torch.equal(a, b) for a, b in zip(base.state_dict().values(), tuned.state_dict().values(), strict=True)
     )
-    scores = {model: json.loads((tmp_path / f"results/test/{model}/scores.json").read_text())["scores"] for model in ("base", "cft")}
+    invoke(
+        "evaluate",
+        "test",
+        "base",
+        "cft",
+        "--models",
+        str(tmp_path / "models"),
+        "--data",
+        str(tmp_path / "data"),
+        "--subset",
+        str(tmp_path / "subset"),
+        "--out",
+        str(tmp_path / "results/test"),
+        "--work",
+        str(tmp_path / "ckpt/evaluate/test"),
+    )
+    scores = {
+        model: json.loads((tmp_path / f"results/test/{model}/scores.json").read_text())["scores"]
+        for model in ("base", "cft")
+    }
     assert 0.0 < scores["cft"]["miou"] < 1.0 and scores["cft"]["miou"] != scores["base"]["miou"]

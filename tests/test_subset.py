@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import SubsetConfig
-from pipeline.manifest import classes_of, read_manifest
-from pipeline.subset import SubsetError, read_subset, seen_class_count, select_subset, subset_ids, write_subset
+from pipeline.config.data import SubsetConfig
+from pipeline.data.manifest import classes_of, read_manifest
+from pipeline.data.subset import SubsetError, read_subset, seen_class_count, select_subset, subset_ids, write_subset
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import torchvision_fallback
+from cft_compat import torchvision_fallback
 
 
 def reference_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
@@ -55,12 +55,17 @@ def test_torchvision_nms_works_in_this_environment() -> None:
     import torchvision.ops
 
     boxes, scores = random_boxes(7, 100)
-    assert torchvision.ops.nms(boxes, scores, 0.5).tolist() == reference_nms(boxes.numpy().astype(np.float64), scores.numpy(), 0.5)
+    assert torchvision.ops.nms(boxes, scores, 0.5).tolist() == reference_nms(
+        boxes.numpy().astype(np.float64), scores.numpy(), 0.5
+    )
     labels = torch.randint(0, 3, (100,), generator=torch.Generator().manual_seed(0))
     batched = torchvision.ops.batched_nms(boxes, scores, labels, 0.5)
     for label in range(3):
         members = torch.nonzero(labels == label).flatten()
-        expected = {int(members[i]) for i in reference_nms(boxes[members].numpy().astype(np.float64), scores[members].numpy(), 0.5)}
+        expected = {
+            int(members[i])
+            for i in reference_nms(boxes[members].numpy().astype(np.float64), scores[members].numpy(), 0.5)
+        }
         assert {int(i) for i in batched if labels[i] == label} == expected
 
 

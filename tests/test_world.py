@@ -7,18 +7,30 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.array_store import DamagedStoreError, StoreError, open_array, read_rows, write_image_array
-from pipeline.config import WorldConfig
-from pipeline.datasets import CUE_LABEL, load_split, object_masks
-from pipeline.manifest import read_manifest, split_rows
-from pipeline.world.build import build_world
-from pipeline.world.classes import CLASSES, resolve_classes
-from pipeline.world.generate import render_sample
-from pipeline.world.render import CUE_HSV, cue_region, hsv_to_rgb
-from tests.conftest import TINY_SPLITS, tiny_prepare_config
+from pipeline.config.data import WorldConfig
+from pipeline.data.array_store import DamagedStoreError, StoreError, open_array, read_rows, write_image_array
+from pipeline.data.datasets import CUE_LABEL, load_split, object_masks
+from pipeline.data.manifest import read_manifest, split_rows
+from pipeline.data.world.build import build_world
+from pipeline.data.world.classes import CLASSES, resolve_classes
+from pipeline.data.world.generate import render_sample
+from pipeline.data.world.render import CUE_HSV, cue_region, hsv_to_rgb
+from tests.helpers.tiny import TINY_SPLITS, tiny_prepare_config
 
 # pose_sweep is left out: its smallest objects may lose a tiny part (a beak) at 32 px.
-WHOLE_PARTS_SPLITS = ("pretrain", "train", "val", "test", "random_bg", "swapped_bg", "rendition", "sketch", "scene", "cue_removed", "cue_swapped")
+WHOLE_PARTS_SPLITS = (
+    "pretrain",
+    "train",
+    "val",
+    "test",
+    "random_bg",
+    "swapped_bg",
+    "rendition",
+    "sketch",
+    "scene",
+    "cue_removed",
+    "cue_swapped",
+)
 
 
 def all_files(root: Path) -> dict[str, bytes]:
@@ -46,7 +58,9 @@ def test_image_does_not_depend_on_split_size(tmp_path: Path, tiny_world: Path) -
     sizes = dict(bigger.world.split_sizes, train=TINY_SPLITS["train"] + 7)
     out = tmp_path / "bigger"
     out.mkdir()
-    build_world(bigger.model_copy(update={"world": bigger.world.model_copy(update={"split_sizes": sizes})}), out, workers=1)
+    build_world(
+        bigger.model_copy(update={"world": bigger.world.model_copy(update={"split_sizes": sizes})}), out, workers=1
+    )
     small = read_manifest(tiny_world / "manifest.parquet")
     large = read_manifest(out / "manifest.parquet")
     # Class order is a permutation of the whole split, so compare images of equal index and class.
@@ -179,7 +193,14 @@ def test_cue_is_drawn_in_the_images() -> None:
     colour = own.image[cue].astype(float).mean(axis=0)
     expected = hsv_to_rgb(np.asarray(CUE_HSV[own.cue_class])) * 255
     assert np.abs(colour - expected).max() < 40
-    removed = render_sample(config.model_copy(update={"cue_size": 0.0, "split_sizes": {"train": 1, "test": 1}}), CLASSES, "test", 5, 3, seed=0)
+    removed = render_sample(
+        config.model_copy(update={"cue_size": 0.0, "split_sizes": {"train": 1, "test": 1}}),
+        CLASSES,
+        "test",
+        5,
+        3,
+        seed=0,
+    )
     assert removed.cue_class == -1 and not (removed.part_labels == CUE_LABEL).any()
 
 

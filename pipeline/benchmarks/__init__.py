@@ -1,1 +1,2 @@
-"""Out-of-distribution ImageNet benchmarks: reading their folder layouts and scoring them by each protocol."""
+"""Evaluation: the benchmarks (splits of the prepared dataset and OOD datasets in their own
+layouts), their scoring protocols, relevance against object masks, and the resumable runner."""

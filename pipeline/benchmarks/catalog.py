@@ -45,26 +45,38 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.utils.errors import CftError
+
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-KINDS: tuple[str, ...] = ("imagefolder", "imagenet_v2", "imagenet_a", "imagenet_r", "objectnet", "si_score")
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif"})
+from pipeline.benchmarks.kinds import DATASET_KINDS
+from pipeline.data.formats import IMAGE_EXTENSIONS
+
+KINDS = DATASET_KINDS
 OBJECTNET_BORDER = 2  # ObjectNet images carry a 1-2 px red frame; the reference code crops 2 px
 OBJECTNET_FOLDER_MAP = "folder_to_objectnet_label.json"
 OBJECTNET_IMAGENET_MAP = "objectnet_to_imagenet_1k.json"
 SI_SCORE_LABEL_MAP = "si_score_label_to_imagenet_index.json"
 SI_SCORE_FACTORS: tuple[str, ...] = ("size", "location", "rotation")
 # The metadata.csv columns that hold each factor's value (dataset_generator.py's header).
-SI_SCORE_FACTOR_COLUMNS: dict[str, tuple[str, ...]] = {"size": ("area",), "location": ("x_coord", "y_coord"), "rotation": ("rotation",)}
+SI_SCORE_FACTOR_COLUMNS: dict[str, tuple[str, ...]] = {
+    "size": ("area",),
+    "location": ("x_coord", "y_coord"),
+    "rotation": ("rotation",),
+}
 _SI_SCORE_FOLDERS = {
-    "object_size": "size", "size": "size", "area": "size",
-    "object_location": "location", "location": "location",
-    "object_rotation": "rotation", "rotation": "rotation",
+    "object_size": "size",
+    "size": "size",
+    "area": "size",
+    "object_location": "location",
+    "location": "location",
+    "object_rotation": "rotation",
+    "rotation": "rotation",
 }
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(CftError):
     """A benchmark folder or mapping that cannot be read; the message names the path and the problem."""
 
 
@@ -80,16 +92,23 @@ class BenchmarkImages:
     skipped: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if len(self.targets) != len(self.files) or any(len(column) != len(self.files) for column in self.metadata.values()):
-            raise ValueError(f"{self.root}: files, targets and metadata columns differ in length")
+        if len(self.targets) != len(self.files) or any(
+            len(column) != len(self.files) for column in self.metadata.values()
+        ):
+            raise BenchmarkError(f"{self.root}: files, targets and metadata columns differ in length")
         if any(not target for target in self.targets):
-            raise ValueError(f"{self.root}: every image needs at least one target class")
+            raise BenchmarkError(f"{self.root}: every image needs at least one target class")
 
     def take(self, indices: list[int]) -> BenchmarkImages:
         """The same benchmark restricted to ``indices`` (files, targets and metadata alike)."""
         if len(indices) == len(self.files) and indices == list(range(len(self.files))):
             return self
-        return replace(self, files=[self.files[i] for i in indices], targets=[self.targets[i] for i in indices], metadata={k: [v[i] for i in indices] for k, v in self.metadata.items()})
+        return replace(
+            self,
+            files=[self.files[i] for i in indices],
+            targets=[self.targets[i] for i in indices],
+            metadata={k: [v[i] for i in indices] for k, v in self.metadata.items()},
+        )
 
 
 def read_benchmark(kind: str, root: str | Path, class_names: list[str]) -> BenchmarkImages:
@@ -126,8 +145,11 @@ def _visible_dirs(folder: Path) -> list[Path]:
 
 def _list_images(folder: Path) -> list[Path]:
     return sorted(
-        path for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in path.relative_to(folder).parts) and path.is_file()
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        and path.is_file()
     )
 
 
@@ -140,13 +162,22 @@ def _read_class_folders(root: Path, folder_targets: dict[str, tuple[int, ...]], 
     return rows
 
 
-def _from_rows(kind: str, root: Path, rows: list[Row], classes: tuple[int, ...] | None, border: int = 0, skipped: dict[str, int] | None = None) -> BenchmarkImages:
+def _from_rows(
+    kind: str,
+    root: Path,
+    rows: list[Row],
+    classes: tuple[int, ...] | None,
+    border: int = 0,
+    skipped: dict[str, int] | None = None,
+) -> BenchmarkImages:
     if not rows:
         raise BenchmarkError(f"{root}: no images found for {kind} (extensions {', '.join(sorted(IMAGE_EXTENSIONS))})")
     rows = sorted(rows, key=lambda row: row[0])
     columns = sorted({name for _, _, values in rows for name in values})
     metadata = {name: [values[name] for _, _, values in rows] for name in columns}
-    return BenchmarkImages(kind, root, [row[0] for row in rows], [row[1] for row in rows], classes, border, metadata, dict(skipped or {}))
+    return BenchmarkImages(
+        kind, root, [row[0] for row in rows], [row[1] for row in rows], classes, border, metadata, dict(skipped or {})
+    )
 
 
 def _read_imagefolder(root: Path, class_names: list[str]) -> BenchmarkImages:
@@ -159,7 +190,7 @@ def _read_imagefolder(root: Path, class_names: list[str]) -> BenchmarkImages:
 
 
 def _require_imagenet_classifier(kind: str, class_names: list[str]) -> None:
-    from pipeline.class_names import imagenet_classes
+    from pipeline.data.class_names import imagenet_classes
 
     if list(class_names) != imagenet_classes():
         preview = ", ".join(list(class_names)[:3])
@@ -175,7 +206,7 @@ def _require_imagenet_classifier(kind: str, class_names: list[str]) -> None:
 @lru_cache(maxsize=2)
 def imagenet_subset(kind: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """The WordNet ids and ImageNet-1k indices of ImageNet-A's or -R's 200 classes, from timm's package data."""
-    from pipeline.class_names import imagenet_classes
+    from pipeline.data.class_names import imagenet_classes
 
     letter = {"imagenet_a": "a", "imagenet_r": "r"}.get(kind)
     if letter is None:
@@ -204,7 +235,9 @@ def _read_json_mapping(source: Path | Traversable, what: str, value_type: type) 
         mapping = json.loads(source.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BenchmarkError(f"{source}: {what} unreadable ({error})") from error
-    if not isinstance(mapping, dict) or not all(isinstance(key, str) and isinstance(value, value_type) for key, value in mapping.items()):
+    if not isinstance(mapping, dict) or not all(
+        isinstance(key, str) and isinstance(value, value_type) for key, value in mapping.items()
+    ):
         raise BenchmarkError(f"{source}: {what} must be a JSON object of {value_type.__name__} values")
     return mapping
 
@@ -269,7 +302,9 @@ def si_score_label_targets(dataset_dir: Path | None = None) -> dict[str, int]:
         with own.open(newline="", encoding="utf-8") as stream:
             return {row["label"].strip(): int(row["int"]) for row in csv.DictReader(stream)}
     except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, csv.Error) as error:
-        raise BenchmarkError(f"{own}: SI-Score foreground classes unreadable (expected columns int,label; {error!r})") from error
+        raise BenchmarkError(
+            f"{own}: SI-Score foreground classes unreadable (expected columns int,label; {error!r})"
+        ) from error
 
 
 # --- ObjectNet ----------------------------------------------------------------------------------
@@ -286,7 +321,9 @@ def _read_objectnet(root: Path) -> BenchmarkImages:
     unknown = sorted(set(class_targets) - set(folder_to_class.values()))
     if unknown:
         imagenet_source = _own_or_packaged(mappings / OBJECTNET_IMAGENET_MAP, OBJECTNET_IMAGENET_MAP)
-        raise BenchmarkError(f"{imagenet_source}: no folder holds the mapped ObjectNet classes {unknown} (folders: {folder_source})")
+        raise BenchmarkError(
+            f"{imagenet_source}: no folder holds the mapped ObjectNet classes {unknown} (folders: {folder_source})"
+        )
     rows: list[Row] = []
     skipped: dict[str, int] = {}
     for folder in _visible_dirs(images):
@@ -315,9 +352,15 @@ def _si_score_dataset_dir(folder: Path, factor: str) -> Path:
     """The folder with ``metadata.csv`` and the label folders: ``folder`` itself or one nested factor folder."""
     if (folder / "metadata.csv").is_file():
         return folder
-    nested = [child for child in _visible_dirs(folder) if _si_score_factor(child.name) == factor and (child / "metadata.csv").is_file()]
+    nested = [
+        child
+        for child in _visible_dirs(folder)
+        if _si_score_factor(child.name) == factor and (child / "metadata.csv").is_file()
+    ]
     if len(nested) != 1:
-        raise BenchmarkError(f"{folder}: no metadata.csv (SI-Score's per-image {factor} values) in it or in one nested {factor} folder")
+        raise BenchmarkError(
+            f"{folder}: no metadata.csv (SI-Score's per-image {factor} values) in it or in one nested {factor} folder"
+        )
     return nested[0]
 
 
@@ -365,7 +408,9 @@ def _read_si_score(root: Path) -> BenchmarkImages:
             raise BenchmarkError(f"{folder}: a second SI-Score {factor} folder beside {factor_folders[factor]}")
         factor_folders[factor] = folder
     if not factor_folders:
-        raise BenchmarkError(f"{root}: no SI-Score factor folder (expected object_size/, object_location/ or object_rotation/)")
+        raise BenchmarkError(
+            f"{root}: no SI-Score factor folder (expected object_size/, object_location/ or object_rotation/)"
+        )
     rows: list[Row] = []
     for factor in SI_SCORE_FACTORS:
         if factor not in factor_folders:
@@ -375,10 +420,18 @@ def _read_si_score(root: Path) -> BenchmarkImages:
         values = _si_score_values(dataset_dir / "metadata.csv", factor)
         for folder in _si_score_label_folders(dataset_dir, factor):
             if folder.name not in labels:
-                raise BenchmarkError(f"{folder}: folder {folder.name!r} is not an SI-Score foreground label with an ImageNet class")
+                raise BenchmarkError(
+                    f"{folder}: folder {folder.name!r} is not an SI-Score foreground label with an ImageNet class"
+                )
             for path in _list_images(folder):
                 value = values.get(_image_id(path.stem))
                 if value is None:
                     raise BenchmarkError(f"{path}: image id {path.stem!r} has no row in {dataset_dir / 'metadata.csv'}")
-                rows.append((path.relative_to(root).as_posix(), (labels[folder.name],), {"factor": factor, "factor_value": value}))
+                rows.append(
+                    (
+                        path.relative_to(root).as_posix(),
+                        (labels[folder.name],),
+                        {"factor": factor, "factor_value": value},
+                    )
+                )
     return _from_rows("si_score", root, rows, None)

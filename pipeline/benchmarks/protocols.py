@@ -47,8 +47,10 @@ def _has_reference(benchmark: BenchmarkImages) -> bool:
 
 def _standard_description(kind: str, subset_size: int | None, border: int = 0) -> str:
     if kind == "objectnet" and subset_size is not None:
-        return (f"argmax over the {subset_size} ImageNet classes mapped to ObjectNet, right if it is any class mapped "
-                f"to the image's ObjectNet class ({border}-px border cropped)")
+        return (
+            f"argmax over the {subset_size} ImageNet classes mapped to ObjectNet, right if it is any class mapped "
+            f"to the image's ObjectNet class ({border}-px border cropped)"
+        )
     if subset_size is not None:
         return f"argmax over the {subset_size} {_TITLES.get(kind, kind)} classes"
     if kind == "imagenet_v2":
@@ -87,7 +89,9 @@ def predict(logits: torch.Tensor, benchmark: BenchmarkImages) -> dict[str, torch
             continue
         subset = torch.as_tensor(benchmark.classes, dtype=torch.long, device=logits.device)
         if int(subset.max()) >= logits.shape[1]:
-            raise ValueError(f"{benchmark.kind}: class index {int(subset.max())} outside logits with {logits.shape[1]} classes")
+            raise ValueError(
+                f"{benchmark.kind}: class index {int(subset.max())} outside logits with {logits.shape[1]} classes"
+            )
         predictions[protocol.name] = subset[logits.index_select(1, subset).argmax(dim=1)]
     return predictions
 
@@ -125,7 +129,9 @@ def _protocol_correct(benchmark: BenchmarkImages, predictions: Mapping[str, np.n
     return right
 
 
-def benchmark_metrics(benchmark: BenchmarkImages, predictions: Mapping[str, np.ndarray], seen_classes: set[int] | None) -> dict[str, float]:
+def benchmark_metrics(
+    benchmark: BenchmarkImages, predictions: Mapping[str, np.ndarray], seen_classes: set[int] | None
+) -> dict[str, float]:
     """Accuracy per protocol, overall, for seen/unseen classes and (SI-Score) per factor; empty groups left out."""
     groups: dict[str, np.ndarray] = {"": np.ones(len(benchmark.files), dtype=bool)}
     if seen_classes is not None:
@@ -138,7 +144,11 @@ def benchmark_metrics(benchmark: BenchmarkImages, predictions: Mapping[str, np.n
     metrics: dict[str, float] = {}
     for name, right in _protocol_correct(benchmark, predictions).items():
         prefix = _METRIC_PREFIX[name]
-        metrics |= {f"{prefix}accuracy{suffix}": round(float(right[mask].mean()), 6) for suffix, mask in groups.items() if mask.any()}
+        metrics |= {
+            f"{prefix}accuracy{suffix}": round(float(right[mask].mean()), 6)
+            for suffix, mask in groups.items()
+            if mask.any()
+        }
         if per_factor:
             # robustness_metrics' synthetic metric averages the accuracies of the factor's values
             rows = _factor_rows(benchmark, right)
@@ -148,7 +158,9 @@ def benchmark_metrics(benchmark: BenchmarkImages, predictions: Mapping[str, np.n
                     metrics[f"{prefix}accuracy_{factor}_value_mean"] = round(float(np.mean(per_value)), 6)
     metrics["images"] = len(benchmark.files)
     if seen_classes is not None:
-        metrics |= {f"images{suffix}": int(groups[suffix].sum()) for suffix in ("_seen", "_unseen") if groups[suffix].any()}
+        metrics |= {
+            f"images{suffix}": int(groups[suffix].sum()) for suffix in ("_seen", "_unseen") if groups[suffix].any()
+        }
     return metrics
 
 
@@ -167,13 +179,19 @@ def _factor_rows(benchmark: BenchmarkImages, right: np.ndarray) -> list[dict[str
     order = {factor: position for position, factor in enumerate(SI_SCORE_FACTORS)}
     keys = sorted(counts, key=lambda key: (order.get(key[0], len(order)), key[0], _value_sort_key(key[1])))
     return [
-        {"factor": factor, "factor_value": value, "images": counts[(factor, value)][0],
-         "accuracy": round(counts[(factor, value)][1] / counts[(factor, value)][0], 6)}
+        {
+            "factor": factor,
+            "factor_value": value,
+            "images": counts[(factor, value)][0],
+            "accuracy": round(counts[(factor, value)][1] / counts[(factor, value)][0], 6),
+        }
         for factor, value in keys
     ]
 
 
-def factor_breakdown(benchmark: BenchmarkImages, predictions: Mapping[str, np.ndarray]) -> list[dict[str, str | float | int]]:
+def factor_breakdown(
+    benchmark: BenchmarkImages, predictions: Mapping[str, np.ndarray]
+) -> list[dict[str, str | float | int]]:
     """SI-Score: one row per (factor, factor value) with the standard protocol's accuracy; [] for other kinds."""
     if benchmark.kind != "si_score" or "factor" not in benchmark.metadata:
         return []
@@ -187,19 +205,41 @@ def _protocol_table() -> list[dict[str, str]]:
     objectnet_imagenet = len({index for targets in objectnet.values() for index in targets})
     subset_sizes = {kind: len(imagenet_subset(kind)[1]) for kind in _TITLES}
     rows = [
-        {"kind": "imagefolder", "class_subset": "all the model's classes", "mapping": "folder name = class id (e.g. a WordNet id)"},
-        {"kind": "imagenet_v2", "class_subset": "all 1000 ImageNet classes", "mapping": "folder name = ImageNet class index 0-999"},
-        *({"kind": kind, "class_subset": f"{size} {_TITLES[kind]} classes (timm {kind}_indices.txt)",
-           "mapping": "WordNet-id folder -> ImageNet class index"} for kind, size in subset_sizes.items()),
-        {"kind": "objectnet", "class_subset": f"{len(objectnet)} ObjectNet classes = {objectnet_imagenet} ImageNet classes",
-         "mapping": "images/<folder> -> ObjectNet class -> ImageNet classes (mappings/*.json); images of other classes skipped"},
-        {"kind": "si_score", "class_subset": "all 1000 ImageNet classes",
-         "mapping": "<factor>/<label>/<image_id>.jpg -> ImageNet index (foreground_classes.csv); factor value from metadata.csv"},
+        {
+            "kind": "imagefolder",
+            "class_subset": "all the model's classes",
+            "mapping": "folder name = class id (e.g. a WordNet id)",
+        },
+        {
+            "kind": "imagenet_v2",
+            "class_subset": "all 1000 ImageNet classes",
+            "mapping": "folder name = ImageNet class index 0-999",
+        },
+        *(
+            {
+                "kind": kind,
+                "class_subset": f"{size} {_TITLES[kind]} classes (timm {kind}_indices.txt)",
+                "mapping": "WordNet-id folder -> ImageNet class index",
+            }
+            for kind, size in subset_sizes.items()
+        ),
+        {
+            "kind": "objectnet",
+            "class_subset": f"{len(objectnet)} ObjectNet classes = {objectnet_imagenet} ImageNet classes",
+            "mapping": "images/<folder> -> ObjectNet class -> ImageNet classes (mappings/*.json); images of other classes skipped",
+        },
+        {
+            "kind": "si_score",
+            "class_subset": "all 1000 ImageNet classes",
+            "mapping": "<factor>/<label>/<image_id>.jpg -> ImageNet index (foreground_classes.csv); factor value from metadata.csv",
+        },
     ]
     subsets = {**subset_sizes, "objectnet": objectnet_imagenet}
     for row in rows:
         kind = row["kind"]
-        row["standard_protocol"] = _standard_description(kind, subsets.get(kind), OBJECTNET_BORDER if kind == "objectnet" else 0)
+        row["standard_protocol"] = _standard_description(
+            kind, subsets.get(kind), OBJECTNET_BORDER if kind == "objectnet" else 0
+        )
         row["reference_protocol"] = _reference_description(kind) if kind in subsets else "-"
     return rows
 

@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.atomic import write_json, write_with
+from pipeline.benchmarks.files import FACTORS_NAME, PREDICTIONS_NAME, SCORES_NAME
 from pipeline.benchmarks.protocols import factor_breakdown, protocols_for
 from pipeline.benchmarks.runner import BenchmarkRun, ModelUnderTest
 from pipeline.benchmarks.sources import EvalSource
-from pipeline.benchmarks.files import FACTORS_NAME, PREDICTIONS_NAME, SCORES_NAME
 from pipeline.relevance.maps import relevance_batch
-from pipeline.reporting import write_csv
+from pipeline.reports.base import write_csv
+from pipeline.utils.atomic import write_json, write_with
 
 
 def _finite(value: Any) -> Any:
@@ -39,9 +39,13 @@ def benchmark_info(source: EvalSource, settings: dict[str, Any]) -> dict[str, An
     return info
 
 
-def write_model_results(source: EvalSource, run: BenchmarkRun, model: str, scores: dict[str, float], info: dict[str, Any], out_dir: Path) -> None:
+def write_model_results(
+    source: EvalSource, run: BenchmarkRun, model: str, scores: dict[str, float], info: dict[str, Any], out_dir: Path
+) -> None:
     """One model's scores, predictions and (SI-Score) factor table on one benchmark."""
-    write_json(out_dir / SCORES_NAME, {"benchmark": info, "model": model, "scores": {k: _finite(v) for k, v in scores.items()}})
+    write_json(
+        out_dir / SCORES_NAME, {"benchmark": info, "model": model, "scores": {k: _finite(v) for k, v in scores.items()}}
+    )
     columns: dict[str, Any] = {"readable": pa.array(run.readable)}
     if source.images is not None:
         columns["file"] = pa.array(source.images.files)
@@ -54,10 +58,14 @@ def write_model_results(source: EvalSource, run: BenchmarkRun, model: str, score
     if source.images is not None and source.images.kind == "si_score":
         keep = np.flatnonzero(run.readable)
         images = source.images.take(keep.tolist())
-        write_csv(out_dir / FACTORS_NAME, factor_breakdown(images, {p: v[keep] for p, v in run.predictions[model].items()}))
+        write_csv(
+            out_dir / FACTORS_NAME, factor_breakdown(images, {p: v[keep] for p, v in run.predictions[model].items()})
+        )
 
 
-def write_overlay_arrays(source: EvalSource, entry: ModelUnderTest, count: int, device: torch.device, path: Path) -> None:
+def write_overlay_arrays(
+    source: EvalSource, entry: ModelUnderTest, count: int, device: torch.device, path: Path
+) -> None:
     """The first images, their object masks and the model's relevance maps (true class where labelled)."""
     items = [source.dataset[i] for i in range(min(count, len(source)))]
     if not items or not source.has_masks or not entry.relevance:
@@ -78,5 +86,3 @@ def write_overlay_arrays(source: EvalSource, entry: ModelUnderTest, count: int, 
             np.savez_compressed(handle, images=images, masks=masks, maps=maps, captions=captions)
 
     write_with(path, write)
-
-

@@ -14,23 +14,25 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from pipeline.atomic import write_with
 from pipeline.benchmarks.catalog import BenchmarkImages
 from pipeline.benchmarks.protocols import benchmark_metrics, predict, protocols_for
 from pipeline.benchmarks.segmentation import SegmentationScores
 from pipeline.benchmarks.sources import ArrayItems, EvalSource
-from pipeline.config import EvaluateConfig
-from pipeline.objective import background_share
 from pipeline.relevance.attnlrp import UnsupportedModelError
 from pipeline.relevance.maps import relevance_batch
-from pipeline.training import Normalizer, autocast
+from pipeline.training.objective import background_share
+from pipeline.utils.atomic import write_with
+from pipeline.utils.device import Normalizer, autocast
+
+if TYPE_CHECKING:
+    from pipeline.config.evaluate import EvaluateConfig
 
 GROUPS = ("all", "seen", "unseen")
 PART_PREFIX = "part-"
@@ -52,12 +54,20 @@ class PartResult:
     predictions: dict[str, dict[str, np.ndarray]]  # model -> protocol -> (n,) predicted class
     scores: dict[str, dict[str, SegmentationScores]] = field(default_factory=dict)  # model -> group -> sums
     shares: dict[str, list[float]] = field(default_factory=dict)  # model -> background share per measured image
-    cue_shares: dict[str, list[float]] = field(default_factory=dict)  # model -> share on the cue, per measured image with a cue
+    cue_shares: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # model -> share on the cue, per measured image with a cue
     cue_areas: list[float] = field(default_factory=list)  # the cue's share of the image, same images
 
     def save(self, path: Path, fingerprint: str) -> None:
         arrays = {"readable": self.readable}
-        arrays.update({f"pred/{model}/{protocol}": values for model, per in self.predictions.items() for protocol, values in per.items()})
+        arrays.update(
+            {
+                f"pred/{model}/{protocol}": values
+                for model, per in self.predictions.items()
+                for protocol, values in per.items()
+            }
+        )
         extra = {
             "fingerprint": fingerprint,
             "scores": {model: {group: s.to_dict() for group, s in per.items()} for model, per in self.scores.items()},
@@ -91,7 +101,10 @@ class PartResult:
                 readable = saved["readable"]
         except Exception:  # a torn or foreign file is recomputed, never trusted
             return None
-        scores = {model: {group: SegmentationScores.from_dict(s) for group, s in per.items()} for model, per in extra["scores"].items()}
+        scores = {
+            model: {group: SegmentationScores.from_dict(s) for group, s in per.items()}
+            for model, per in extra["scores"].items()
+        }
         return cls(readable, predictions, scores, extra["shares"], extra["cue_shares"], extra["cue_areas"])
 
 
@@ -123,7 +136,15 @@ def _single_thread(_: int) -> None:
     torch.set_num_threads(1)  # decoding workers must not fight the main process for cores
 
 
-def _run_part(source: EvalSource, indices: list[int], models: list[ModelUnderTest], seen: np.ndarray | None, config: EvaluateConfig, device: torch.device, bar: tqdm) -> PartResult:
+def _run_part(
+    source: EvalSource,
+    indices: list[int],
+    models: list[ModelUnderTest],
+    seen: np.ndarray | None,
+    config: EvaluateConfig,
+    device: torch.device,
+    bar: tqdm,
+) -> PartResult:
     protocols = [p.name for p in protocols_for(source.images)] if source.images is not None else []
     predictions: dict[str, dict[str, list[np.ndarray]]] = {m.name: {p: [] for p in protocols} for m in models}
     readable: list[np.ndarray] = []
@@ -158,7 +179,18 @@ def _run_part(source: EvalSource, indices: list[int], models: list[ModelUnderTes
             else:
                 targets = chosen["standard"]
             count = int(measured.sum())  # parts run in order, so measured images come first
-            maps = np.concatenate([relevance_batch(entry.model, x[o : min(o + config.relevance_batch_size, count)], targets[o : min(o + config.relevance_batch_size, count)], device, source.upsampling) for o in range(0, count, config.relevance_batch_size)])
+            maps = np.concatenate(
+                [
+                    relevance_batch(
+                        entry.model,
+                        x[o : min(o + config.relevance_batch_size, count)],
+                        targets[o : min(o + config.relevance_batch_size, count)],
+                        device,
+                        source.upsampling,
+                    )
+                    for o in range(0, count, config.relevance_batch_size)
+                ]
+            )
             masks = batch["mask"][:count].numpy().astype(bool)
             scores[entry.name]["all"].add(maps, masks)
             if seen is not None:
@@ -174,7 +206,9 @@ def _run_part(source: EvalSource, indices: list[int], models: list[ModelUnderTes
         bar.update(len(index))
     return PartResult(
         readable=np.concatenate(readable),
-        predictions={m: {p: np.concatenate(v).astype(np.int64) for p, v in per.items()} for m, per in predictions.items()},
+        predictions={
+            m: {p: np.concatenate(v).astype(np.int64) for p, v in per.items()} for m, per in predictions.items()
+        },
         scores=scores,
         shares=shares,
         cue_shares=cue_shares,
@@ -201,7 +235,16 @@ class BenchmarkRun:
     cue_areas: list[float] = field(default_factory=list)
 
 
-def run_benchmark(source: EvalSource, models: list[ModelUnderTest], seen_classes: set[int] | None, config: EvaluateConfig, work_dir: Path, fingerprint: str, device: torch.device, progress: bool = True) -> BenchmarkRun:
+def run_benchmark(
+    source: EvalSource,
+    models: list[ModelUnderTest],
+    seen_classes: set[int] | None,
+    config: EvaluateConfig,
+    work_dir: Path,
+    fingerprint: str,
+    device: torch.device,
+    progress: bool = True,
+) -> BenchmarkRun:
     """Every model over every image of ``source``, resuming from the parts already in ``work_dir``."""
     work_dir.mkdir(parents=True, exist_ok=True)
     for stale in work_dir.glob(f"{PART_PREFIX}*"):
@@ -221,7 +264,9 @@ def run_benchmark(source: EvalSource, models: list[ModelUnderTest], seen_classes
             part = PartResult.load(path, fingerprint)
             if part is None:
                 if resumed:
-                    tqdm.write(f"evaluate/{source.name}/{names}: resuming after {resumed} images (finished parts in {work_dir})")
+                    tqdm.write(
+                        f"evaluate/{source.name}/{names}: resuming after {resumed} images (finished parts in {work_dir})"
+                    )
                     resumed = 0
                 part = _run_part(source, indices, models, seen, config, device, bar)
                 part.save(path, fingerprint)
@@ -230,8 +275,19 @@ def run_benchmark(source: EvalSource, models: list[ModelUnderTest], seen_classes
                 bar.update(len(indices))
             parts.append(part)
         if resumed == len(source) and len(source):
-            tqdm.write(f"evaluate/{source.name}/{names}: all {resumed} images already scored (finished parts in {work_dir})")
-    predictions = {m.name: {p: np.concatenate([part.predictions[m.name][p] for part in parts]) for p in parts[0].predictions[m.name]} for m in models} if parts else {}
+            tqdm.write(
+                f"evaluate/{source.name}/{names}: all {resumed} images already scored (finished parts in {work_dir})"
+            )
+    predictions = (
+        {
+            m.name: {
+                p: np.concatenate([part.predictions[m.name][p] for part in parts]) for p in parts[0].predictions[m.name]
+            }
+            for m in models
+        }
+        if parts
+        else {}
+    )
     scores: dict[str, dict[str, SegmentationScores]] = {}
     shares: dict[str, list[float]] = {}
     cue_shares: dict[str, list[float]] = {}
@@ -244,7 +300,9 @@ def run_benchmark(source: EvalSource, models: list[ModelUnderTest], seen_classes
         for model, values in part.cue_shares.items():
             cue_shares.setdefault(model, []).extend(values)
     readable = np.concatenate([part.readable for part in parts]) if parts else np.zeros(0, dtype=bool)
-    return BenchmarkRun(readable, predictions, scores, shares, cue_shares, [area for part in parts for area in part.cue_areas])
+    return BenchmarkRun(
+        readable, predictions, scores, shares, cue_shares, [area for part in parts for area in part.cue_areas]
+    )
 
 
 def run_metrics(source: EvalSource, run: BenchmarkRun, seen_classes: set[int] | None) -> dict[str, dict[str, float]]:
@@ -272,10 +330,12 @@ def run_metrics(source: EvalSource, run: BenchmarkRun, seen_classes: set[int] | 
 
 def run_fingerprint(model_dirs: list[Path], settings: dict[str, Any], files: list[str]) -> str:
     """Models' bytes, the benchmark's settings and file list, and the code: what a resumed part must share."""
-    from pipeline.checkpoint import fingerprint, source_digest
+    from pipeline.utils.checkpoint import fingerprint, source_digest
 
     listing = hashlib.sha256("\n".join(files).encode()).hexdigest()
-    return fingerprint({"settings": settings, "files": listing, "code": source_digest(), "torch": torch.__version__}, model_dirs)
+    return fingerprint(
+        {"settings": settings, "files": listing, "code": source_digest(), "torch": torch.__version__}, model_dirs
+    )
 
 
 def relevance_support(models: list[ModelUnderTest], device: torch.device, size: int) -> None:

@@ -31,10 +31,11 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from pipeline.evaluation import SegmentationCounts, binarise_at_mean
+from pipeline.benchmarks.mask_scores import SegmentationCounts, binarise_at_mean
+from pipeline.utils.errors import CftError
 
 
-class SegmentationError(ValueError):
+class SegmentationError(CftError):
     """The segmentation file is missing or not laid out like gtsegs_ijcv.mat."""
 
 

@@ -18,19 +18,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.array_store import StoreError
 from pipeline.benchmarks.catalog import BenchmarkImages, read_benchmark
-from pipeline.config import BenchmarkConfig
-from pipeline.datasets import decode_image, load_split, object_and_cue_masks
-from pipeline.manifest import classes_of, split_rows
-from pipeline.preprocess import InputTransform
+from pipeline.data.array_store import StoreError
+from pipeline.data.datasets import decode_image, load_split, object_and_cue_masks
+from pipeline.data.manifest import classes_of, split_rows
+from pipeline.data.preprocess import InputTransform
 from pipeline.relevance.maps import Upsampling
+
+if TYPE_CHECKING:
+    from pipeline.config.evaluate import BenchmarkConfig
 
 
 @dataclass
@@ -94,7 +96,12 @@ class SegmentationItems(Dataset[dict[str, Any]]):
         from pipeline.benchmarks.segmentation import resize_pair
 
         image, mask = resize_pair(*self.images[index], self.size)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image)), "mask": torch.from_numpy(mask), "index": index, "readable": True}
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
+            "mask": torch.from_numpy(mask),
+            "index": index,
+            "readable": True,
+        }
 
 
 def _limited(images: BenchmarkImages, limit: int | None) -> BenchmarkImages:
@@ -104,7 +111,15 @@ def _limited(images: BenchmarkImages, limit: int | None) -> BenchmarkImages:
     return images.take(np.linspace(0, len(images.files) - 1, limit).round().astype(int).tolist())
 
 
-def open_source(name: str, config: BenchmarkConfig, class_names: list[str], transform: InputTransform, manifest_path: Path, manifest: Any, relevance: bool) -> EvalSource:
+def open_source(
+    name: str,
+    config: BenchmarkConfig,
+    class_names: list[str],
+    transform: InputTransform,
+    manifest_path: Path,
+    manifest: Any,
+    relevance: bool,
+) -> EvalSource:
     """The source of benchmark ``name``; file benchmarks are listed, not decoded, here."""
     if config.kind == "split":
         split = config.split or name
@@ -117,15 +132,31 @@ def open_source(name: str, config: BenchmarkConfig, class_names: list[str], tran
                 masks = None
         count = len(data) if config.limit is None else min(config.limit, len(data))
         classes = classes_of(manifest)
-        images = BenchmarkImages("split", manifest_path.parent, data.image_ids[:count], [(int(label),) for label in data.labels[:count]], None)
-        dataset = ArrayItems(data.images[:count], None if masks is None else masks[:count], None if cues is None else cues[:count])
-        return EvalSource(name, "split", dataset, images, masks is not None, [classes[int(label)] for label in data.labels[:count]])
+        images = BenchmarkImages(
+            "split",
+            manifest_path.parent,
+            data.image_ids[:count],
+            [(int(label),) for label in data.labels[:count]],
+            None,
+        )
+        dataset = ArrayItems(
+            data.images[:count], None if masks is None else masks[:count], None if cues is None else cues[:count]
+        )
+        return EvalSource(
+            name, "split", dataset, images, masks is not None, [classes[int(label)] for label in data.labels[:count]]
+        )
     assert config.path is not None  # the config validator requires it
     if config.kind == "imagenet_segmentation":
         dataset = SegmentationItems(Path(config.path), transform.size, config.limit)
         # Bilinear, as the protocol's reference code upsamples the patch relevance (Chefer et al.)
-        return EvalSource(name, config.kind, dataset, None, True, [f"image {i}" for i in range(len(dataset))], upsampling="bilinear")
+        return EvalSource(
+            name, config.kind, dataset, None, True, [f"image {i}" for i in range(len(dataset))], upsampling="bilinear"
+        )
     images = _limited(read_benchmark(config.kind, config.path, class_names), config.limit)
-    file_transform = InputTransform(transform.size, transform.interpolation, transform.crop_pct, transform.crop_mode, images.border)
+    file_transform = InputTransform(
+        transform.size, transform.interpolation, transform.crop_pct, transform.crop_mode, images.border
+    )
     captions = [class_names[targets[0]] for targets in images.targets]
-    return EvalSource(name, config.kind, FileItems(Path(images.root), images.files, file_transform), images, False, captions)
+    return EvalSource(
+        name, config.kind, FileItems(Path(images.root), images.files, file_transform), images, False, captions
+    )

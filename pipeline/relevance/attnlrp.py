@@ -11,7 +11,7 @@ LayerNorm           std treated as constant: ``x̃ ↦ γ (x̃ − mean x̃) / �
                     dim (ViT tokens, ConvNeXt channels-last blocks)
 LayerNorm2d         the same over the channel dim of NCHW (ConvNeXt stem, downsampling, head)
 GlobalResponseNorm  ``Nx(h)`` held constant: ``x̃ ↦ x̃ + γ x̃ Nx(h) + β`` (ConvNeXt-V2; Nx is a
-                    scale-free gain like 1/σ, see :mod:`pipeline.relevance.convnext_rules`)
+                    scale-free gain like 1/σ, see :mod:`pipeline.relevance.families.convnext`)
 q·kᵀ, A·v           uniform rule: ``½ (q̃ kᵀ + q k̃ᵀ)`` (each operand gets half the relevance)
 softmax             AttnLRP softmax rule = its Jacobian at the scores: ``A ⊙ (s̃ − Σ A s̃)``
 Linear, Conv, add   ε-rule (ε → 0) = the plain gradient, so these run unchanged; so do depthwise
@@ -30,12 +30,16 @@ input, and autograd differentiates it exactly, including through ``cls_token``, 
 and every bias (which a rule implemented as a custom backward with constant coefficients would
 miss). Rules are applied by patching module ``forward`` methods inside a context manager and are
 restored on exit, so the model is never copied and ordinary forward passes are untouched.
+
+The shared rules live in :mod:`pipeline.relevance.rules`, each family's in
+:mod:`pipeline.relevance.families` (``vit``, ``convnext``); this module walks that registry.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -44,94 +48,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Rule = Callable[..., torch.Tensor]
+from pipeline.relevance.rules import ModelFamily, Rule, UnsupportedModelError, halves, shared_rule_map
 
 
-class UnsupportedModelError(ValueError):
-    """The model has a layer the AttnLRP rules here do not cover; the message names it."""
+def families() -> tuple[ModelFamily, ...]:
+    """Every family in :mod:`pipeline.relevance.families`, in file-name order."""
+    from pipeline.relevance import families as package
 
-
-def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    normal, linear = x.chunk(2, dim=0)
-    return normal, linear
-
-
-def _gelu_rule(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from timm.layers.activations import GELUTanh
-
-    h, h_lin = _halves(x)
-    if getattr(module, "approximate", "none") == "tanh" or isinstance(module, GELUTanh):
-        coefficient = 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * h.pow(3))))
-    else:
-        coefficient = 0.5 * (1.0 + torch.erf(h / math.sqrt(2.0)))
-    return torch.cat([h * coefficient, h_lin * coefficient])
-
-
-def _layer_norm_rule(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    h, h_lin = _halves(x)
-    dims = tuple(range(-len(module.normalized_shape), 0))
-    std = torch.sqrt(h.var(dim=dims, unbiased=False, keepdim=True) + module.eps)
-    normal = (h - h.mean(dim=dims, keepdim=True)) / std
-    linear = (h_lin - h_lin.mean(dim=dims, keepdim=True)) / std
-    out = torch.cat([normal, linear])
-    if module.weight is not None:
-        out = out * module.weight
-    if module.bias is not None:
-        out = out + module.bias
-    return out
-
-
-def _attention_rule(module: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False, **_: Any) -> torch.Tensor:
-    if attn_mask is not None or is_causal:
-        raise UnsupportedModelError("AttnLRP here does not support attention masks or causal attention")
-    if getattr(module, "gate", None) is not None:
-        raise UnsupportedModelError("AttnLRP here does not support gated attention")
-    batch2, tokens, _ = x.shape
-    qkv = module.qkv(x).reshape(batch2, tokens, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = module.q_norm(q), module.k_norm(k)
-    (q, q_lin), (k, k_lin), (v, v_lin) = _halves(q * module.scale), _halves(k), _halves(v)
-    scores = q @ k.transpose(-2, -1)
-    scores_lin = 0.5 * (q_lin @ k.transpose(-2, -1) + q @ k_lin.transpose(-2, -1))
-    attention = scores.softmax(dim=-1)
-    attention_lin = attention * (scores_lin - (attention * scores_lin).sum(dim=-1, keepdim=True))
-    out = attention @ v
-    out_lin = 0.5 * (attention_lin @ v + attention @ v_lin)
-    merged = torch.cat([out, out_lin]).transpose(1, 2).reshape(batch2, tokens, module.num_heads * module.head_dim)
-    return module.proj(getattr(module, "norm", nn.Identity())(merged))
-
-
-def _identity_rule(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    # Dropout would draw different masks for the two streams; the relevance pass runs without it.
-    return x
-
-
-def _rule_map() -> dict[type[nn.Module], Rule]:
-    from timm.layers import Attention, DropPath, LayerNorm, PatchDropout
-    from timm.layers.activations import GELU, GELUTanh
-
-    from pipeline.relevance.convnext_rules import convnext_rule_map
-
-    return {
-        nn.GELU: _gelu_rule,
-        GELU: _gelu_rule,
-        GELUTanh: _gelu_rule,
-        nn.LayerNorm: _layer_norm_rule,
-        LayerNorm: _layer_norm_rule,  # timm's channels-last LayerNorm: same normalisation, own forward
-        Attention: _attention_rule,
-        nn.Dropout: _identity_rule,
-        DropPath: _identity_rule,
-        PatchDropout: _identity_rule,
-        **convnext_rule_map(),
-    }
-
-
-def _linear_types() -> tuple[type[nn.Module], ...]:
-    """Modules that are affine (or pure containers) and run unchanged on both streams."""
-    from timm.layers import LayerScale, Mlp, PatchEmbed
-    from timm.models.vision_transformer import Block, VisionTransformer
-
-    return (nn.Linear, nn.Conv2d, nn.Identity, nn.Sequential, nn.ModuleList, LayerScale, Mlp, PatchEmbed, Block, VisionTransformer)
+    names = sorted(info.name for info in pkgutil.iter_modules(package.__path__))
+    return tuple(importlib.import_module(f"{package.__name__}.{name}").FAMILY for name in names)
 
 
 def _rule_for(module: nn.Module, rules: dict[type[nn.Module], Rule]) -> Rule | None:
@@ -143,28 +68,28 @@ def _rule_for(module: nn.Module, rules: dict[type[nn.Module], Rule]) -> Rule | N
     return None
 
 
-def _check_supported(model: nn.Module, rules: dict[type[nn.Module], Rule]) -> None:
-    from timm.models.convnext import ConvNeXt
-    from timm.models.vision_transformer import VisionTransformer
-
-    from pipeline.relevance.convnext_rules import check_convnext, convnext_linear_types
-
-    if isinstance(model, VisionTransformer):
-        if getattr(model, "attn_pool", None) is not None or model.global_pool not in ("token", "avg", ""):
-            raise UnsupportedModelError(f"pooling {model.global_pool!r} is not covered by the AttnLRP rules (token or avg)")
-        linear = _linear_types()
-    elif isinstance(model, ConvNeXt):
-        check_convnext(model)
-        linear = convnext_linear_types()
-    else:
-        missing = _uncovered(model, rules, (*_linear_types(), *convnext_linear_types()))
-        raise UnsupportedModelError(f"AttnLRP rules cover timm VisionTransformer and ConvNeXt models, not {type(model).__name__}; no rule for {missing}")
+def _rules_and_check(model: nn.Module) -> dict[type[nn.Module], Rule]:
+    """The rule map for ``model``'s family, after checking every module is covered."""
+    known = families()
+    rules = {**shared_rule_map(), **{kind: rule for family in known for kind, rule in family.rule_map().items()}}
+    family = next((family for family in known if isinstance(model, family.model_types())), None)
+    if family is None:
+        linear = tuple(kind for family in known for kind in family.linear_types())
+        names = " and ".join(family.name for family in known)
+        raise UnsupportedModelError(
+            f"AttnLRP rules cover timm {names} models, not {type(model).__name__}; no rule for {_uncovered(model, rules, linear)}"
+        )
+    family.check(model)
+    linear = family.linear_types()
     for name, module in model.named_modules():
         if not isinstance(module, linear) and _rule_for(module, rules) is None:
             raise UnsupportedModelError(f"no AttnLRP rule for module '{name}' ({type(module).__name__})")
+    return rules
 
 
-def _uncovered(model: nn.Module, rules: dict[type[nn.Module], Rule], linear: tuple[type[nn.Module], ...], shown: int = 4) -> str:
+def _uncovered(
+    model: nn.Module, rules: dict[type[nn.Module], Rule], linear: tuple[type[nn.Module], ...], shown: int = 4
+) -> str:
     """The first module of each type without a rule, e.g. "'bn1' (BatchNorm2d), 'maxpool' (MaxPool2d), …"."""
     first: dict[type[nn.Module], str] = {}
     for name, module in model.named_modules():
@@ -181,8 +106,7 @@ def attnlrp_rules(model: nn.Module) -> Iterator[nn.Module]:
     Only instance-level ``forward`` attributes are set, and all are removed on exit (also on
     error), so outside the context the model computes exactly what it computed before.
     """
-    rules = _rule_map()
-    _check_supported(model, rules)
+    rules = _rules_and_check(model)
     patched: list[nn.Module] = []
     try:
         for module in model.modules():
@@ -190,7 +114,9 @@ def attnlrp_rules(model: nn.Module) -> Iterator[nn.Module]:
             if rule is None:
                 continue
             if "forward" in vars(module):
-                raise UnsupportedModelError(f"{type(module).__name__} already has a patched forward; nested relevance passes are not supported")
+                raise UnsupportedModelError(
+                    f"{type(module).__name__} already has a patched forward; nested relevance passes are not supported"
+                )
             module.forward = _bind(rule, module)  # type: ignore[method-assign]
             patched.append(module)
         yield model
@@ -250,7 +176,9 @@ class Relevance:
         ImageNet-segmentation protocol (Chefer et al.)."""
         (height, width), (ch, cw) = self.pixels.shape[-2:], self.cell
         rows, cols = self.tokens.shape[-2:]
-        smooth = F.interpolate(self.tokens[:, None].float(), size=(rows * ch, cols * cw), mode="bilinear", align_corners=False)
+        smooth = F.interpolate(
+            self.tokens[:, None].float(), size=(rows * ch, cols * cw), mode="bilinear", align_corners=False
+        )
         return smooth[:, 0, :height, :width]
 
 
@@ -263,7 +191,7 @@ def attnlrp(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, creat
     linear_input = images.detach().clone().requires_grad_(True)
     with attnlrp_rules(model):
         both = model(torch.cat([images, linear_input]))
-    logits, logits_lin = _halves(both)
+    logits, logits_lin = halves(both)
     selected = logits_lin.gather(1, targets.view(-1, 1)).sum()
     (gradient,) = torch.autograd.grad(selected, linear_input, create_graph=create_graph)
     pixels = (linear_input * gradient).sum(dim=1)

@@ -8,13 +8,18 @@ import numpy as np
 import torch
 
 from pipeline.relevance.attnlrp import attnlrp
-from pipeline.training import Normalizer, autocast
-
+from pipeline.utils.device import Normalizer, autocast
 
 Upsampling = Literal["cells", "bilinear"]
 
 
-def relevance_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, device: torch.device, upsampling: Upsampling = "cells") -> np.ndarray:
+def relevance_batch(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+    upsampling: Upsampling = "cells",
+) -> np.ndarray:
     """(B, H, W) maps of ``targets`` for normalised images ``x``: each grid cell's relevance on its
     pixels (``cells``, what the fine-tuning loss sees) or bilinearly upsampled (``bilinear``)."""
     with autocast(device):
@@ -23,7 +28,14 @@ def relevance_batch(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tens
     return maps.float().detach().cpu().numpy()
 
 
-def relevance_maps(model: torch.nn.Module, normalizer: Normalizer, images: np.ndarray, targets: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+def relevance_maps(
+    model: torch.nn.Module,
+    normalizer: Normalizer,
+    images: np.ndarray,
+    targets: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+) -> np.ndarray:
     """(N, H, W) maps of ``targets`` for uint8 images (N, H, W, 3), in batches."""
     model.eval()
     maps = [np.zeros((0, *images.shape[1:3]), dtype=np.float32)]

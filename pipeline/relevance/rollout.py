@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.relevance.attnlrp import relevance_cell
+from pipeline.relevance.rules import UnsupportedModelError
 
 # Range below which a map counts as constant; min–max normalisation then returns zeros instead
 # of RobustViT's 0/0 = NaN.
@@ -69,21 +70,36 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 
     name = type(model).__name__
     blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or len(blocks) == 0 or not all(hasattr(block, "attn") for block in blocks):
-        raise ValueError(f"attention rollout needs a vision transformer with blocks[i].attn; {name} has none")
+    if (
+        not isinstance(blocks, (nn.ModuleList, nn.Sequential))
+        or len(blocks) == 0
+        or not all(hasattr(block, "attn") for block in blocks)
+    ):
+        raise UnsupportedModelError(
+            f"attention rollout needs a vision transformer with blocks[i].attn; {name} has none"
+        )
     for index, block in enumerate(blocks):
         # A subclass with its own forward computes something the explicit forward below would not.
         if not isinstance(block.attn, Attention) or type(block.attn).forward is not Attention.forward:
-            raise ValueError(f"attention rollout covers timm's Attention; {name}.blocks[{index}].attn is {type(block.attn).__name__}")
+            raise UnsupportedModelError(
+                f"attention rollout covers timm's Attention; {name}.blocks[{index}].attn is {type(block.attn).__name__}"
+            )
     if getattr(model, "cls_token", None) is None:
-        raise ValueError(f"attention rollout reads the class token's row; {name} has no class token")
+        raise UnsupportedModelError(f"attention rollout reads the class token's row; {name} has no class token")
     return list(block.attn for block in blocks)
 
 
-def _explicit_attention(module: nn.Module, record: Callable[[torch.Tensor], None], x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False, **_: Any) -> torch.Tensor:
+def _explicit_attention(
+    module: nn.Module,
+    record: Callable[[torch.Tensor], None],
+    x: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    **_: Any,
+) -> torch.Tensor:
     """timm's unfused ``Attention.forward`` that also hands the attention probabilities to ``record``."""
     if attn_mask is not None or is_causal:
-        raise ValueError("attention rollout does not support attention masks or causal attention")
+        raise UnsupportedModelError("attention rollout does not support attention masks or causal attention")
     batch, tokens, _ = x.shape
     heads, head_dim = module.num_heads, module.head_dim
     gate = module.gate(x).sigmoid() if getattr(module, "gate", None) is not None else None
@@ -115,7 +131,9 @@ def attention_capture(model: nn.Module) -> Iterator[list[torch.Tensor | None]]:
     try:
         for index, module in enumerate(modules):
             if "forward" in vars(module):
-                raise ValueError(f"{type(module).__name__} already has a patched forward; nested relevance passes are not supported")
+                raise ValueError(
+                    f"{type(module).__name__} already has a patched forward; nested relevance passes are not supported"
+                )
             module.forward = _bind(module, recorder(index))  # type: ignore[method-assign]
             patched.append(module)
         yield captured
@@ -144,7 +162,9 @@ def _min_max(maps: torch.Tensor) -> torch.Tensor:
     return ((flat - low[:, None]) / (high - low).clamp(min=FLAT_RANGE)[:, None]).view_as(maps)
 
 
-def rollout(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, create_graph: bool = False) -> RolloutRelevance:
+def rollout(
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, create_graph: bool = False
+) -> RolloutRelevance:
     """Gradient-weighted attention rollout of ``targets`` (class indices) for normalised ``images``.
 
     With ``create_graph=True`` the maps (and logits) keep their graph through the attention maps,
@@ -156,7 +176,9 @@ def rollout(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, creat
         with attention_capture(model) as captured:
             logits = model(images)
         if any(attention is None for attention in captured):
-            raise ValueError(f"{type(model).__name__}'s forward pass skipped a block; rollout needs every block's attention")
+            raise ValueError(
+                f"{type(model).__name__}'s forward pass skipped a block; rollout needs every block's attention"
+            )
         attentions = [attention for attention in captured if attention is not None]
         score = logits.gather(1, targets.view(-1, 1)).sum()
         gradients = torch.autograd.grad(score, attentions, retain_graph=create_graph, allow_unused=True)
@@ -177,8 +199,12 @@ def rollout(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, creat
         rows, cols = _patch_grid(model, height, width)
         patches = relevance[:, 0, model.num_prefix_tokens :]
         if patches.shape[1] != rows * cols or rows * ph < height or cols * pw < width:
-            raise ValueError(f"{patches.shape[1]} patch tokens of {ph}×{pw} px do not tile a {height}×{width} image (patch dropout, or a size that is no multiple of the patch?)")
+            raise UnsupportedModelError(
+                f"{patches.shape[1]} patch tokens of {ph}×{pw} px do not tile a {height}×{width} image (patch dropout, or a size that is no multiple of the patch?)"
+            )
         grid = patches.reshape(batch, rows, cols)
-        smooth = F.interpolate(grid[:, None], size=(rows * ph, cols * pw), mode="bilinear", align_corners=False)[:, 0, :height, :width]
+        smooth = F.interpolate(grid[:, None], size=(rows * ph, cols * pw), mode="bilinear", align_corners=False)[
+            :, 0, :height, :width
+        ]
         maps = _min_max(smooth)
     return RolloutRelevance(maps=maps, tokens=grid, logits=logits, cell=(ph, pw))

@@ -15,8 +15,8 @@ import sys
 if os.environ.get("CFT_TEST_TINY_SAM") == "1" and os.path.basename(sys.argv[0] if sys.argv else "") == "cft":
     import numpy as np
 
-    from pipeline.segmenting import SAM_ARCHITECTURES, BoxSegmenter
-    from tests.grounded_models import TINY_SAM
+    from pipeline.masks.segmenting import SAM_ARCHITECTURES, BoxSegmenter
+    from tests.helpers.grounded_models import TINY_SAM
 
     SAM_ARCHITECTURES["vit_b"] = TINY_SAM
     random_segment = BoxSegmenter.segment
@@ -25,7 +25,9 @@ if os.environ.get("CFT_TEST_TINY_SAM") == "1" and os.path.basename(sys.argv[0] i
         masks = random_segment(self, embeddings, index, boxes)
         yy, xx = np.mgrid[: masks.shape[1], : masks.shape[2]] + 0.5
         for mask, (x0, y0, x1, y1) in zip(masks, boxes, strict=True):
-            mask[...] = ((xx - (x0 + x1) / 2) / max((x1 - x0) / 2, 0.5)) ** 2 + ((yy - (y0 + y1) / 2) / max((y1 - y0) / 2, 0.5)) ** 2 <= 1
+            mask[...] = ((xx - (x0 + x1) / 2) / max((x1 - x0) / 2, 0.5)) ** 2 + (
+                (yy - (y0 + y1) / 2) / max((y1 - y0) / 2, 0.5)
+            ) ** 2 <= 1
         return masks
 
     BoxSegmenter.segment = box_following_segment
