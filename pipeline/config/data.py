@@ -104,7 +104,5 @@ class PrepareConfig(StrictConfig):
     @model_validator(mode="after")
     def _imagefolder_needs_root(self) -> PrepareConfig:
         if self.source == "imagefolder" and self.imagefolder is None:
-            raise ValueError(
-                "source imagefolder needs data.imagefolder.root (README: Real data: ImageNet and the OOD benchmarks)"
-            )
+            raise ValueError("source imagefolder needs data.imagefolder.root (docs/real-data.md)")
         return self

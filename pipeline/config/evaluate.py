@@ -13,7 +13,7 @@ from pipeline.data.world.splits import OFF_BY_DEFAULT, WORLD_BENCHMARKS
 
 
 class BenchmarkConfig(StrictConfig):
-    """One evaluation set: a split of the prepared dataset, or a benchmark on disk (README: Real data: ImageNet and the OOD benchmarks)."""
+    """One evaluation set: a split of the prepared dataset, or a benchmark on disk (docs/real-data.md)."""
 
     kind: Literal[BENCHMARK_KINDS] = Field(  # type: ignore[valid-type]
         description="split: a split of the prepared dataset; the others: a dataset at `path` in its own layout"
@@ -33,7 +33,7 @@ class BenchmarkConfig(StrictConfig):
         if self.kind == "split" and self.path is not None:
             raise ValueError("kind split reads the prepared dataset; `path` is for benchmarks on disk")
         if self.kind != "split" and self.path is None:
-            raise ValueError(f"kind {self.kind} needs `path` (README: Real data: ImageNet and the OOD benchmarks)")
+            raise ValueError(f"kind {self.kind} needs `path` (docs/real-data.md)")
         if self.kind != "split" and self.split is not None:
             raise ValueError("`split` is only for kind split")
         return self

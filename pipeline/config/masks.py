@@ -105,9 +105,7 @@ class MasksConfig(StrictConfig):
                 if part.checkpoint is None
             ]
             if missing:
-                raise ValueError(
-                    f"backend grounded_sam needs {' and '.join(missing)} (see README: Masks from Grounded-SAM)"
-                )
+                raise ValueError(f"backend grounded_sam needs {' and '.join(missing)} (see docs/grounded-sam.md)")
         if "{class}" not in self.object_prompt:
             raise ValueError("object_prompt must contain {class}")
         return self

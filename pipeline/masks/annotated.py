@@ -69,7 +69,7 @@ def annotated_masks(
         raise StoreError(
             f"{dataset_dir}: masks.backend: annotated needs part annotations that come with the data (the built-in world, "
             f"data.source: world), but this is {what}. For image folders set masks.backend: grounded_sam, which segments "
-            "each concept with GroundingDINO and SAM (see README: Masks from Grounded-SAM)"
+            "each concept with GroundingDINO and SAM (see docs/grounded-sam.md)"
         )
     part_names: dict[str, list[str]] = json.loads(catalog_path.read_text())["concepts"]
     rows = rows_by_id(manifest, image_ids, str(dataset_dir / "manifest.parquet"))

@@ -33,7 +33,7 @@ def verified_file(path: str | Path, expected_sha256: str | None, what: str) -> t
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(
-            f"{path}: {what} checkpoint not found (download it, e.g. with `dvc import-url`; see README: Masks from Grounded-SAM)"
+            f"{path}: {what} checkpoint not found (download it, e.g. with `dvc import-url`; see docs/grounded-sam.md)"
         )
     actual = file_sha256(path)
     if expected_sha256 is not None and actual != expected_sha256:

@@ -8,7 +8,7 @@ concept catalog or swapping a weights file can then never leave stale concepts, 
 behind. Outside DVC (the stage command run by hand) there is nothing to check.
 
 Dataset roots and benchmark folders are deliberately not checked: hashing ImageNet-sized folders
-on every ``dvc status`` is slow, so their params entry is the dependency (README: Your own files).
+on every ``dvc status`` is slow, so their params entry is the dependency (docs/configuration.md: Your own files).
 """
 
 from __future__ import annotations

@@ -27,5 +27,5 @@ WORLD_BENCHMARKS = (
     "cue_removed",
     "cue_swapped",
 )
-# Drawn and evaluated only on request: every model is at chance on them (README: The built-in world).
+# Drawn and evaluated only on request: every model is at chance on them (docs/world.md).
 OFF_BY_DEFAULT = ("rendition", "sketch")
