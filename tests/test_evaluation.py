@@ -309,6 +309,17 @@ def test_load_state_torn_or_foreign(tmp_path: Path) -> None:
     assert load_state(tmp_path, "a" * 64) is None
 
 
+def test_source_digest_covers_the_whole_pipeline_package() -> None:
+    """By default the digest is of every module of ``pipeline`` (not only of the package that
+    holds it): a change to the training code must invalidate resumable fine-tuning state."""
+    import pipeline
+    from pipeline.utils.checkpoint import source_digest
+
+    root = Path(pipeline.__file__).parent
+    assert source_digest() == source_digest(root)
+    assert source_digest() != source_digest(root / "utils")
+
+
 def test_source_digest_follows_python_sources_only(tmp_path: Path) -> None:
     from pipeline.utils.checkpoint import source_digest
 

@@ -37,7 +37,8 @@ def fingerprint(config: dict[str, Any], inputs: list[str | Path]) -> str:
 
 def source_digest(package: str | Path | None = None) -> str:
     """sha256 of the package's ``.py`` sources: a checkpoint written by other code is not resumed."""
-    root = Path(package) if package is not None else Path(__file__).resolve().parent
+    # the whole pipeline package (this file lives in pipeline/utils/)
+    root = Path(package) if package is not None else Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         name = str(path.relative_to(root)).encode()
