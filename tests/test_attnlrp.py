@@ -10,6 +10,7 @@ from tests.helpers.lrp_reference import explicit_attnlrp
 from tests.helpers.relevance_checks import (
     assert_alignment_gradients_match_finite_differences,
     assert_untouched_outside_the_context,
+    spread_parameters,
 )
 
 VARIANTS = {
@@ -38,12 +39,7 @@ def tiny_vit(seed: int = 0, **kwargs: object) -> nn.Module:
         .double()
         .eval()
     )
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            # Non-trivial biases, LayerNorm affines, cls/pos/register tokens.
-            parameter.add_(
-                torch.randn_like(parameter) * (0.3 if parameter.ndim == 1 or "token" in name or "pos" in name else 0.05)
-            )
+    spread_parameters(model)
     return model
 
 

@@ -15,6 +15,7 @@ from tests.helpers.relevance_checks import (
     assert_alignment_gradients_match_finite_differences,
     assert_fine_tuning_steps_move_the_map,
     assert_untouched_outside_the_context,
+    spread_parameters,
 )
 
 TINY = {"num_classes": 5, "depths": (1, 1, 1, 1), "dims": (8, 16, 16, 16)}
@@ -31,10 +32,7 @@ VARIANTS = {
 def tiny_convnext(seed: int = 0, **kwargs: object) -> nn.Module:
     torch.manual_seed(seed)
     model = timm.create_model("convnextv2_atto", pretrained=False, **{**TINY, **kwargs}).double().eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            # Non-trivial biases, norm affines, layer scale and GRN γ, β (which timm initialises to 0).
-            parameter.add_(torch.randn_like(parameter) * (0.3 if parameter.ndim == 1 else 0.05))
+    spread_parameters(model)
     return model
 
 

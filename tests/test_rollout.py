@@ -11,7 +11,7 @@ from torch import nn
 import pipeline.models.dinov2_classifier  # noqa: F401  (registers dinov2_*_lc with timm)
 from pipeline.relevance.rollout import attention_capture, rollout
 from pipeline.training.objective import normalise_relevance
-from tests.helpers.relevance_checks import directional_difference, unit_direction
+from tests.helpers.relevance_checks import directional_difference, spread_parameters, unit_direction
 
 SIZE, PATCH = 32, 8
 TINY = dict(pretrained=False, num_classes=5, img_size=SIZE, patch_size=PATCH, embed_dim=48, depth=2, num_heads=3)
@@ -25,11 +25,7 @@ def tiny_vit(registers: int = 0, fused: bool = True) -> nn.Module:
         .double()
         .eval()
     )
-    with torch.no_grad():  # timm's init leaves biases at 0 and tokens tiny: give every path some weight
-        for name, parameter in model.named_parameters():
-            parameter.add_(
-                torch.randn_like(parameter) * (0.3 if parameter.ndim == 1 or "token" in name or "pos" in name else 0.1)
-            )
+    spread_parameters(model, matrix_scale=0.1)
     for block in model.blocks:
         block.attn.fused_attn = fused
     return model

@@ -9,7 +9,7 @@ from torch import nn
 
 from pipeline.training.rrr import calibrated_weight, log_probability_input_gradient, masked_gradient_penalty, rrr_loss
 from pipeline.utils.device import autocast
-from tests.helpers.relevance_checks import directional_difference, unit_direction
+from tests.helpers.relevance_checks import directional_difference, spread_parameters, unit_direction
 
 CLASSES, SIZE = 3, 4
 
@@ -112,11 +112,7 @@ def tiny_vit(fused: bool = False) -> nn.Module:
         .double()
         .eval()
     )
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            parameter.add_(
-                torch.randn_like(parameter) * (0.3 if parameter.ndim == 1 or "token" in name or "pos" in name else 0.1)
-            )
+    spread_parameters(model, matrix_scale=0.1)
     for block in model.blocks:
         block.attn.fused_attn = fused
     return model

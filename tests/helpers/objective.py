@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pipeline.config.finetune import RelevanceObjective
+from tests.helpers.relevance_checks import spread_parameters
 
 
 def objective(**values: object) -> RelevanceObjective:
@@ -40,11 +41,7 @@ def tiny_vit() -> nn.Module:
         .double()
         .eval()
     )
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            parameter.add_(
-                torch.randn_like(parameter) * (0.3 if parameter.ndim == 1 or "token" in name or "pos" in name else 0.05)
-            )
+    spread_parameters(model)
     return model
 
 

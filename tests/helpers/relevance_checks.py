@@ -15,6 +15,18 @@ from pipeline.training.objective import relevance_loss
 Objective = Callable[[], torch.Tensor]
 
 
+def spread_parameters(model: nn.Module, matrix_scale: float = 0.05) -> nn.Module:
+    """Add seeded-by-the-caller noise to every parameter, in place: timm's init leaves biases,
+    norm affines, layer scales, GRN γ and β at 0 or 1 and tokens tiny, so without it some paths of
+    a relevance rule would carry no weight and a test could not see them. Vectors, tokens and
+    position embeddings get σ 0.3, matrices ``matrix_scale``."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            vector_like = parameter.ndim == 1 or "token" in name or "pos" in name
+            parameter.add_(torch.randn_like(parameter) * (0.3 if vector_like else matrix_scale))
+    return model
+
+
 def directional_difference(
     loss: Callable[[], float], parameter: torch.Tensor, direction: torch.Tensor, step: float = 1e-6
 ) -> float:
