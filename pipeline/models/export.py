@@ -59,7 +59,7 @@ def model_card(spec: dict[str, Any], metrics: dict[str, Any] | None = None) -> d
             f"Fine-tuned by cft (Concept-Guided Fine-Tuning pipeline) with the method `{finetune['method']}` "
             f"(objective `{objective['objective']}`) from the pipeline's base model."
         )
-        details["Method"] = {key: value for key, value in objective.items()}
+        details["Method"] = dict(objective)
         details["Fine-tuned on"] = f"the seen classes {', '.join(finetune['seen_classes'])}"
         details["Not fine-tuned on (unseen)"] = ", ".join(finetune["unseen_classes"]) or "none"
         details["Selected epoch"] = finetune["best_epoch"]

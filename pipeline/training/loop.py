@@ -103,7 +103,6 @@ class EpochTotals:
     losses: list[float] = field(default_factory=list)  # per step
     sums: dict[str, float] = field(default_factory=dict)  # loss and loss terms, summed over images
     correct: int = 0
-    images: int = 0
 
 
 # One training step's forward pass: batch indices -> (loss, logits, labels, loss terms to report).
@@ -143,7 +142,6 @@ def train_epoch(
         for key, term in {"loss": value, **terms}.items():
             totals.sums[key] = totals.sums.get(key, 0.0) + term * len(batch)
         totals.correct += int((logits.argmax(1) == labels).sum())
-        totals.images += len(batch)
         bar.update(1)
         bar.set_postfix(**postfix, loss=f"{value:.4f}")
     return totals

@@ -16,16 +16,6 @@ WORLD_SPLITS = (
     "cue_swapped",
 )
 # The splits that are evaluation sets (pretrain, train and val are not).
-WORLD_BENCHMARKS = (
-    "test",
-    "random_bg",
-    "swapped_bg",
-    "rendition",
-    "sketch",
-    "pose_sweep",
-    "scene",
-    "cue_removed",
-    "cue_swapped",
-)
+WORLD_BENCHMARKS = tuple(split for split in WORLD_SPLITS if split not in ("pretrain", "train", "val"))
 # Drawn and evaluated only on request: every model is at chance on them (docs/world.md).
 OFF_BY_DEFAULT = ("rendition", "sketch")
