@@ -24,8 +24,32 @@ from typing import Any
 
 import yaml
 
-METRICS = ("accuracy_seen", "accuracy_unseen", "miou", "background_share")
-PAIRED_KEYS = ("ood_acc", "ood_seen", "ood_unseen", "forgetting", "cue_drop", "bg_drop", "cue_lift")
+METRICS = (
+    "accuracy",
+    "accuracy_seen",
+    "accuracy_unseen",
+    "miou",
+    "background_share",
+    "accuracy_family_high",
+    "accuracy_family_low",
+)
+PAIRED_KEYS = (
+    "ood_acc",
+    "ood_seen",
+    "ood_unseen",
+    "id_acc",
+    "forgetting",
+    "cue_drop",
+    "bg_drop",
+    "cue_lift",
+    "c_high",
+    "c_low",
+    "c_seen",
+    "c_unseen",
+    "c_rel_ce",
+)
+# corruption benchmarks' family accuracies, added to each seed's summary (mean over such benchmarks)
+FAMILY_KEYS = {"c_high": "accuracy_family_high", "c_low": "accuracy_family_low"}
 # Student's t, 0.975 quantile, for 1..30 degrees of freedom (checked against the t density by
 # numerical integration in tests/test_seeds_benchmark.py); more seeds keep the value for 30, a
 # little wider than exact.
@@ -198,6 +222,12 @@ def run_seed(seed: int, params_file: Path, work: Path, methods: list[str] | None
 
     per_benchmark = read_results(root / "results/evaluate", benchmarks, models)
     summary = {model: json.loads((root / "metrics" / f"{model}.json").read_text()) for model in models}
+    corrupted = [r for r in per_benchmark.values() if r["benchmark"].get("kind") in ("corrupted", "imagenet_c")]
+    for model in models:
+        for key, score in FAMILY_KEYS.items():
+            values = [r["models"][model][score] for r in corrupted if score in r["models"][model]]
+            if values:
+                summary[model][key] = statistics.mean(values)
     return {"benchmarks": {name: result["models"] for name, result in per_benchmark.items()}, "summary": summary}
 
 

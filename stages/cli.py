@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from stages.analyze import analyze
 from stages.base import base
 from stages.concepts import concepts
 from stages.evaluate import evaluate
@@ -26,6 +27,7 @@ app.command(name="masks")(masks)
 app.command(name="finetune")(finetune)
 app.command(name="evaluate")(evaluate)
 app.command(name="report")(report)
+app.command(name="analyze")(analyze)
 
 if __name__ == "__main__":
     app()

@@ -95,7 +95,8 @@ def _evaluate(
     class_names = specs[0]["class_names"]
     seen = {class_names.index(c) for c in info["seen_classes"]}
     manifest_path = data / "manifest.parquet"
-    manifest = read_manifest(manifest_path) if benchmark.kind == "split" else None
+    reads_split = benchmark.kind == "split" or (benchmark.of is not None and benchmark.of.kind == "split")
+    manifest = read_manifest(manifest_path) if reads_split else None
     source = open_source(name, benchmark, class_names, transform, manifest_path, manifest, config.relevance)
     if source.has_masks and config.relevance:
         relevance_support(models, device, transform.size)
@@ -110,11 +111,19 @@ def _evaluate(
     listing = source.images.files if source.images is not None else [str(len(source))]
     fingerprint = run_fingerprint(list(model_dirs.values()), settings, listing)
     run = run_benchmark(source, models, seen, config, work, fingerprint, device)
-    results = run_metrics(source, run, seen)
+    trained = {
+        model_name: list((spec.get("finetune") or {}).get("objective", {}).get("corruptions", []))
+        for model_name, spec in zip(model_dirs, specs, strict=True)
+    }
+    results = run_metrics(source, run, seen, trained)
     info_row = benchmark_info(source, {"path": benchmark.path, "limit": benchmark.limit})
+    if source.families is not None:
+        info_row["families"] = source.families
     for entry in models:
         with atomic_directory(out / entry.name) as staging:
-            write_model_results(source, run, entry.name, results[entry.name], info_row, staging)
+            write_model_results(
+                source, run, entry.name, results[entry.name], info_row, staging, seen, trained[entry.name]
+            )
             if config.overlay_images and source.has_masks and config.relevance:
                 write_overlay_arrays(source, entry, config.overlay_images, device, staging / OVERLAY_NAME)
     return results

@@ -28,7 +28,7 @@ def report(
         from pipeline.reports.summary import read_results, summarise, write_summary
 
         per_benchmark = read_results(results, list(config.benchmarks), config.models)
-        apart = frozenset(name for name, benchmark in config.benchmarks.items() if not benchmark.ood_mean)
+        apart = frozenset(name for name, benchmark in config.benchmarks.items() if not benchmark.in_ood_mean())
         summary = summarise(per_benchmark, config.in_distribution, apart=apart, shortcut_tests=config.shortcut_tests)
         write_summary(per_benchmark, summary, metrics, plots, results)
     for name, row in summary.items():

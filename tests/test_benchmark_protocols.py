@@ -89,7 +89,7 @@ def test_missing_empty_and_file_roots_are_named(tmp_path: Path) -> None:
     with pytest.raises(BenchmarkError, match="not a folder"):
         read_benchmark("imagefolder", tmp_path / "file.txt", ["cat"])
     with pytest.raises(BenchmarkError, match="unknown benchmark kind"):
-        read_benchmark("imagenet_c", tmp_path, IMAGENET)
+        read_benchmark("imagenet_p", tmp_path, IMAGENET)
 
 
 def test_imagenet_v2_folder_name_is_the_class_index(tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_imagenet_v2_folder_name_is_the_class_index(tmp_path: Path) -> None:
         read_benchmark("imagenet_v2", tmp_path, IMAGENET)
 
 
-@pytest.mark.parametrize("kind", [kind for kind in KINDS if kind != "imagefolder"])
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if kind not in ("imagefolder", "imagenet_c")])
 def test_imagenet_kinds_refuse_a_non_imagenet_classifier(tmp_path: Path, kind: str) -> None:
     with pytest.raises(BenchmarkError, match=f"{kind}.*needs an ImageNet-1k classifier"):
         read_benchmark(kind, tmp_path, ["cat", "dog"])
@@ -465,6 +465,7 @@ def test_protocol_table_matches_the_readers_and_protocols() -> None:
         "imagenet_r": subset_benchmark("imagenet_r", imagenet_subset("imagenet_r")[1], [(1,)]),
         "objectnet": subset_benchmark("objectnet", objectnet_classes, [(ANALOG_CLOCK, DIGITAL_CLOCK)], border=2),
         "si_score": subset_benchmark("si_score", (), [(KOALA,)]),
+        "imagenet_c": subset_benchmark("imagenet_c", (), [(0,)]),
     }
     for kind, images in benchmarks.items():
         if not images.classes:

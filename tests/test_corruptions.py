@@ -1,4 +1,4 @@
-"""ImageNet-C corruptions (pipeline/training/corruptions.py): the published formulas, severities, determinism."""
+"""ImageNet-C corruptions (pipeline.corruptions.py): the published formulas, severities, determinism."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.training.corruptions import CORRUPTION_NAMES, CORRUPTIONS, corrupt, corrupt_batch
+from pipeline.corruptions.families import FAMILIES, KNOWN_CORRUPTIONS, family_of, seen_and_unseen
+from pipeline.corruptions.ops import CORRUPTION_NAMES, CORRUPTIONS, corrupt, corrupt_batch
 
 
 def images(count: int = 4, size: int = 48, seed: int = 0) -> torch.Tensor:
@@ -86,7 +87,33 @@ def test_batch_corrupts_a_share_with_one_corruption_each() -> None:
 
 
 def test_bad_arguments_are_named() -> None:
-    with pytest.raises(ValueError, match="unknown corruption 'fog'"):
-        corrupt(images(), "fog", 3, gen())
+    with pytest.raises(ValueError, match="unknown corruption 'frost'"):
+        corrupt(images(), "frost", 3, gen())
     with pytest.raises(ValueError, match="severity 6: expected 1 to 5"):
         corrupt(images(), "contrast", 6, gen())
+
+
+def test_families_split_the_corruptions_by_frequency() -> None:
+    assert sorted(FAMILIES["high"] + FAMILIES["low"]) == sorted(CORRUPTION_NAMES) == sorted(KNOWN_CORRUPTIONS)
+    assert "jpeg_compression" in FAMILIES["high"] and "fog" in FAMILIES["low"]
+    assert family_of(FAMILIES)["pixelate"] == "high"
+    with pytest.raises(ValueError, match="'contrast' is in two families"):
+        family_of({"a": ["contrast"], "b": ["fog", "contrast"]})
+
+
+def test_seen_and_unseen_corruptions_follow_the_training_list() -> None:
+    benchmark = ["gaussian_noise", "fog", "contrast", "pixelate"]
+    assert seen_and_unseen(benchmark, ["fog", "pixelate", "jpeg_compression"]) == (
+        ["fog", "pixelate"],
+        ["gaussian_noise", "contrast"],
+    )
+    assert seen_and_unseen(benchmark, []) == ([], benchmark)
+
+
+def test_a_family_in_the_finetune_config_is_written_out() -> None:
+    from pipeline.config.finetune import LabelsObjective
+
+    objective = LabelsObjective(objective="labels", corruptions=["low", "gaussian_noise", "contrast"])
+    assert objective.corruptions == [*FAMILIES["low"], "gaussian_noise"]
+    with pytest.raises(ValueError, match="frost"):
+        LabelsObjective(objective="labels", corruptions=["frost"])

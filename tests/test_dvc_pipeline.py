@@ -14,6 +14,8 @@ from tests.helpers.tiny import TINY_BASE, TINY_EVALUATE, TINY_FINETUNE, TINY_SPL
 
 pytestmark = pytest.mark.slow  # whole `dvc repro` runs: minutes
 
+MODELS = ("base", "cft", "plain", "corruptions", "corruptions_high", "corruptions_low")  # the repository's methods
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -25,6 +27,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["base"] = {**params["base"], **TINY_BASE}
     params["finetune"]["train"].update(TINY_FINETUNE["train"])
     params["evaluate"].update(TINY_EVALUATE)
+    params["analyze"].update({"images": 16, "batch_size": 8, "sae": {**params["analyze"]["sae"], "steps": 50}})
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     run(["git", "init", "-q"], root)
     return root
@@ -32,18 +35,17 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage(project: Path) -> None:
     output = run(["dvc", "repro"], project)
-    models = ("base", "cft", "plain", "corruptions")
+    models = MODELS
     evaluations = [f"evaluate@{benchmark}-{model}" for benchmark in ("test", "swapped_bg") for model in models]
     for stage in (
         "prepare",
         "base",
         "concepts",
         "masks",
-        "finetune@cft",
-        "finetune@plain",
-        "finetune@corruptions",
+        *(f"finetune@{model}" for model in models[1:]),
         *evaluations,
         "report",
+        "analyze",
     ):
         assert f"Running stage '{stage}'" in output
     details = json.loads((project / "results" / "base.json").read_text())
@@ -51,7 +53,9 @@ def test_repro_runs_every_stage(project: Path) -> None:
     assert sorted(path.name for path in (project / "metrics").iterdir()) == sorted(f"{model}.json" for model in models)
     shown = run(["dvc", "metrics", "show"], project)
     rows = [line for line in shown.splitlines() if line.startswith("metrics/")]
-    assert len(rows) == len(models) and max(len(line) for line in shown.splitlines()) <= 120, shown
+    assert len(rows) == len(models) and max(len(line) for line in shown.splitlines()) <= 140, shown
+    analysed = json.loads((project / "results" / "analyze.json").read_text())
+    assert sorted(analysed) == sorted(models) and (project / "plots/analyze/layers.png").is_file()
     assert (project / "models" / "base" / "model.safetensors").is_file()
     assert (project / "dvc.lock").is_file()
 
@@ -78,7 +82,16 @@ def test_cft_param_change_reruns_only_cft_and_its_evaluations(project: Path) -> 
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     output = run(["dvc", "repro"], project)
     ran = set(re.findall(r"Running stage '([^']+)'", output))
-    assert ran == {"finetune@cft", "evaluate@test-cft", "evaluate@swapped_bg-cft", "report"}, ran
+    assert ran == {"finetune@cft", "evaluate@test-cft", "evaluate@swapped_bg-cft", "report", "analyze"}, ran
+
+
+def test_analyze_param_change_reruns_only_analyze(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["analyze"]["severity"] = 5
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    output = run(["dvc", "repro"], project)
+    ran = set(re.findall(r"Running stage '([^']+)'", output))
+    assert ran == {"analyze"}, ran
 
 
 def test_benchmark_change_reruns_only_that_benchmark_and_the_report(project: Path) -> None:
@@ -87,9 +100,7 @@ def test_benchmark_change_reruns_only_that_benchmark_and_the_report(project: Pat
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     output = run(["dvc", "repro"], project)
     ran = set(re.findall(r"Running stage '([^']+)'", output))
-    assert ran == {f"evaluate@swapped_bg-{model}" for model in ("base", "cft", "plain", "corruptions")} | {"report"}, (
-        ran
-    )
+    assert ran == {f"evaluate@swapped_bg-{model}" for model in MODELS} | {"report"}, ran
     evaluated = json.loads((project / "results/evaluate/swapped_bg/base/scores.json").read_text())
     assert evaluated["scores"]["images"] == 20
 

@@ -127,6 +127,7 @@ def own_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "device": "cpu",
         }
     )
+    params["analyze"] = {"split": "val", "images": 6, "batch_size": 4, "sae": {"steps": 20}, "device": "cpu"}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     return root
@@ -155,7 +156,9 @@ def test_own_data_runs_end_to_end_under_dvc_repro(own_project: Path) -> None:
     print(f"own-data dvc repro (after prepare and base): {time.monotonic() - started:.0f} s")
     ran = set(re.findall(r"Running stage '([^']+)'", output))
     evaluations = {f"evaluate@{b}-{m}" for b in ("own_test", "own_shifted") for m in ("base", "cft", "plain")}
-    assert {"concepts", "masks", "finetune@cft", "finetune@plain", "report"} | evaluations <= ran, ran
+    assert {"concepts", "masks", "finetune@cft", "finetune@plain", "report", "analyze"} | evaluations <= ran, ran
+    analysed = json.loads((own_project / "results/analyze.json").read_text())
+    assert sorted(analysed) == ["base", "cft", "plain"]
 
     flags = json.loads((own_project / "results/masks.json").read_text())["flags"]
     assert sum(flags.values()) > 0

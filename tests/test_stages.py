@@ -9,6 +9,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from pipeline.corruptions.families import FAMILIES
 from pipeline.data.manifest import read_manifest
 from pipeline.models.factory import load_model_artifact
 from stages.cli import app
@@ -147,11 +148,24 @@ def test_base_rejects_a_phase_on_a_missing_split(tmp_path: Path, tiny_world: Pat
 
 
 def test_whole_method_through_the_cli(tmp_path: Path) -> None:
-    """prepare -> base -> concepts -> masks -> finetune (cft, plain) -> evaluate, on a tiny world."""
-    invoke = cli(tiny_params(tmp_path / "params.yaml"))
+    """prepare -> base -> concepts -> masks -> finetune (cft, plain, and on high-frequency
+    corruptions) -> evaluate (also under corruptions) -> report, on a tiny world."""
+    params = tiny_params(tmp_path / "params.yaml")
+    settings = yaml.safe_load(params.read_text())
+    settings["finetune"]["methods"].append("noisy")
+    settings["finetune"]["noisy"] = {"objective": "labels", "corruptions": ["high"], "corrupted_share": 1.0}
+    settings["evaluate"]["benchmarks"]["corrupted"] = {
+        "kind": "corrupted",
+        "of": {"kind": "split", "split": "test", "limit": 6},
+        "corruptions": ["gaussian_noise", "pixelate", "fog", "contrast"],
+        "severities": [1, 5],
+    }
+    settings["analyze"] = {"images": 8, "batch_size": 4, "sae": {"steps": 20, "expansion": 2}}
+    params.write_text(yaml.safe_dump(settings))
+    invoke = cli(params)
     output = run_until_masks(invoke, tmp_path)
     assert "ok " in output and (tmp_path / "p/masks.png").stat().st_size > 0
-    for method in ("cft", "plain"):
+    for method in ("cft", "plain", "noisy"):
         output = invoke(
             "finetune",
             method,
@@ -178,7 +192,7 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
         _, spec = load_model_artifact(tmp_path / f"models/{method}")
         assert spec["finetune"]["method"] == method and len(spec["finetune"]["seen_classes"]) == 5
     assert (tmp_path / "p/cft/relevance.png").stat().st_size > 0
-    for benchmark in ("test", "swapped_bg"):
+    for benchmark in ("test", "swapped_bg", "corrupted"):
         # base alone, then the two methods in one call (sharing each batch): the same results
         output = invoke(
             "evaluate",
@@ -200,6 +214,7 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
             benchmark,
             "cft",
             "plain",
+            "noisy",
             "--models",
             str(tmp_path / "models"),
             "--data",
@@ -212,9 +227,9 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
             str(tmp_path / f"ckpt/evaluate/{benchmark}"),
         )
         assert f"{benchmark} / cft: accuracy" in output and f"{benchmark} / base: accuracy" in output
-        for model in ("base", "cft", "plain"):
+        for model in ("base", "cft", "plain", "noisy"):
             assert (tmp_path / f"results/{benchmark}/{model}/predictions.parquet").stat().st_size > 0
-            assert (tmp_path / f"results/{benchmark}/{model}/overlay.npz").stat().st_size > 0
+            assert (tmp_path / f"results/{benchmark}/{model}/overlay.npz").is_file() == (benchmark != "corrupted")
     invoke(
         "report",
         "--results",
@@ -224,12 +239,26 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
         "--plots",
         str(tmp_path / "p/summary"),
     )
-    compact = {
-        model: json.loads((tmp_path / f"metrics/{model}.json").read_text()) for model in ("base", "cft", "plain")
-    }
-    assert sorted(path.name for path in (tmp_path / "metrics").iterdir()) == ["base.json", "cft.json", "plain.json"]
-    assert compact["base"]["forgetting"] == 0.0
-    assert set(compact["cft"]) == {"ood_acc", "ood_seen", "ood_unseen", "id_acc", "forgetting", "cue_lift", "bg_drop"}
+    models = ("base", "cft", "plain", "noisy")
+    compact = {model: json.loads((tmp_path / f"metrics/{model}.json").read_text()) for model in models}
+    assert sorted(path.name for path in (tmp_path / "metrics").iterdir()) == sorted(f"{m}.json" for m in models)
+    assert compact["base"]["forgetting"] == 0.0 and compact["base"]["c_rel_ce"] == 1.0
+    usual = {"ood_acc", "ood_seen", "ood_unseen", "id_acc", "forgetting", "cue_lift", "bg_drop"}
+    assert set(compact["cft"]) == usual | {"c_unseen", "c_rel_ce"}
+    assert set(compact["noisy"]) == usual | {"c_seen", "c_unseen", "c_rel_ce"}
+    corrupted = json.loads((tmp_path / "results/corrupted/noisy/scores.json").read_text())
+    assert corrupted["trained_corruptions"] == list(FAMILIES["high"])
+    assert corrupted["benchmark"]["images"] == 6 * 4 * 2
+    scores = corrupted["scores"]
+    assert scores["accuracy_corruptions_seen"] == pytest.approx(
+        (scores["accuracy_gaussian_noise"] + scores["accuracy_pixelate"]) / 2, abs=1e-6
+    )
+    assert scores["accuracy_family_low"] == pytest.approx(
+        (scores["accuracy_fog"] + scores["accuracy_contrast"]) / 2, abs=1e-6
+    )
+    assert compact["noisy"]["c_seen"] == round(scores["accuracy_corruptions_seen"], 4)
+    cells = (tmp_path / "results/corrupted/noisy/corruptions.csv").read_text().splitlines()
+    assert len(cells) == 1 + 4 * 2 and cells[1].startswith("gaussian_noise,high,1,6,")
     detail = (tmp_path / "p/summary/metrics.csv").read_text().splitlines()
     header = detail[0].split(",")
     assert {
@@ -245,12 +274,40 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
     } <= set(header)
     rows = [dict(zip(header, line.split(","), strict=True)) for line in detail[1:]]
     assert {(row["benchmark"], row["model"]) for row in rows} == {
-        (b, m) for b in ("test", "swapped_bg") for m in ("base", "cft", "plain")
+        (b, m) for b in ("test", "swapped_bg", "corrupted") for m in models
     }
     swapped_cft = next(row for row in rows if row["benchmark"] == "swapped_bg" and row["model"] == "cft")
-    assert compact["cft"]["ood_acc"] == round(float(swapped_cft["accuracy"]), 4)
-    for name in ("accuracy.png", "miou.png", "metrics.csv", "relevance_test.png", "relevance_swapped_bg.png"):
+    assert compact["cft"]["ood_acc"] == round(float(swapped_cft["accuracy"]), 4)  # corruptions reported apart
+    for name in (
+        "accuracy.png",
+        "miou.png",
+        "metrics.csv",
+        "relevance_test.png",
+        "relevance_swapped_bg.png",
+        "corruptions_corrupted.png",
+        "corruptions.csv",
+        "corruption_severity.csv",
+    ):
         assert (tmp_path / "p/summary" / name).stat().st_size > 0
+    output = invoke(
+        "analyze",
+        "--models",
+        str(tmp_path / "models"),
+        "--data",
+        str(tmp_path / "data"),
+        "--metrics",
+        str(tmp_path / "analyze.json"),
+        "--tables",
+        str(tmp_path / "p/analyze"),
+        "--figure",
+        str(tmp_path / "p/analyze/layers.png"),
+    )
+    analysed = json.loads((tmp_path / "analyze.json").read_text())
+    assert sorted(analysed) == sorted(models) and analysed["base"]["cka_last"] == 1.0
+    assert "analyze: 4 models, 8 probe images" in output
+    layers = (tmp_path / "p/analyze/layers.csv").read_text().splitlines()
+    assert len(layers) == 1 + 4 * 2  # models x inputs x the tiny ViT's one block
+    assert (tmp_path / "p/analyze/layers.png").stat().st_size > 0 and (tmp_path / "p/analyze/heads.csv").is_file()
 
 
 def test_finetune_names_an_unknown_method(tmp_path: Path) -> None:

@@ -120,6 +120,8 @@ def read_benchmark(kind: str, root: str | Path, class_names: list[str]) -> Bench
         raise BenchmarkError(f"{root}: {kind} benchmark root {'is not a folder' if root.exists() else 'not found'}")
     if kind == "imagefolder":
         return _read_imagefolder(root, class_names)
+    if kind == "imagenet_c":
+        return _read_imagenet_c(root, class_names)
     _require_imagenet_classifier(kind, class_names)
     if kind == "imagenet_v2":
         folders = {str(index): (index,) for index in range(1000)}
@@ -187,6 +189,29 @@ def _read_imagefolder(root: Path, class_names: list[str]) -> BenchmarkImages:
     folders = {name: (index,) for index, name in enumerate(class_names)}
     rows = _read_class_folders(root, folders, f"one of the model's {len(class_names)} class names")
     return _from_rows("imagefolder", root, rows, None)
+
+
+def _read_imagenet_c(root: Path, class_names: list[str]) -> BenchmarkImages:
+    """ImageNet-C's layout ``<corruption>/<severity 1-5>/<class>/<image>`` (also ImageNet-C-bar's and
+    CIFAR-10-C-style folders), class folders named as the model's classes (WordNet ids for ImageNet)."""
+    folders = {name: (index,) for index, name in enumerate(class_names)}
+    rows: list[Row] = []
+    for corruption in _visible_dirs(root):
+        levels = _visible_dirs(corruption)
+        wrong = [level.name for level in levels if level.name not in {"1", "2", "3", "4", "5"}]
+        if wrong or not levels:
+            raise BenchmarkError(
+                f"{corruption}: expected severity folders 1-5 (ImageNet-C layout <corruption>/<severity>/<class>/<image>)"
+                + (f", found {wrong}" if wrong else ", found none")
+            )
+        for level in levels:
+            found = _read_class_folders(level, folders, f"one of the model's {len(class_names)} class names")
+            prefix = f"{corruption.name}/{level.name}/"
+            rows += [
+                (prefix + file, targets, {"corruption": corruption.name, "severity": level.name})
+                for file, targets, _ in found
+            ]
+    return _from_rows("imagenet_c", root, rows, None)
 
 
 def _require_imagenet_classifier(kind: str, class_names: list[str]) -> None:

@@ -9,3 +9,4 @@ PREDICTIONS_NAME = "predictions.parquet"  # one row per image: file, targets, me
 SCORES_NAME = "scores.json"  # every metric of the model on the benchmark, and how the benchmark was read
 OVERLAY_NAME = "overlay.npz"  # the first images, their object masks and the model's relevance maps
 FACTORS_NAME = "factors.csv"  # SI-Score: accuracy per factor value
+CORRUPTIONS_NAME = "corruptions.csv"  # corruption benchmarks: accuracy per corruption and severity

@@ -57,6 +57,8 @@ def _standard_description(kind: str, subset_size: int | None, border: int = 0) -
         return "argmax over the 1000 ImageNet classes"
     if kind == "si_score":
         return "argmax over the 1000 ImageNet classes, accuracy per factor and factor value"
+    if kind == "imagenet_c":
+        return "argmax over all the model's classes, accuracy per corruption, severity and family"
     return "argmax over all the model's classes"
 
 
@@ -232,6 +234,11 @@ def _protocol_table() -> list[dict[str, str]]:
             "kind": "si_score",
             "class_subset": "all 1000 ImageNet classes",
             "mapping": "<factor>/<label>/<image_id>.jpg -> ImageNet index (foreground_classes.csv); factor value from metadata.csv",
+        },
+        {
+            "kind": "imagenet_c",
+            "class_subset": "all the model's classes",
+            "mapping": "<corruption>/<severity>/<class folder = class id>/<image>; images used at their size (no resize-and-crop)",
         },
     ]
     subsets = {**subset_sizes, "objectnet": objectnet_imagenet}

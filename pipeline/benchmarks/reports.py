@@ -3,7 +3,8 @@
 ``results/evaluate/<benchmark>/<model>/`` holds ``scores.json`` (every metric of that model on that
 benchmark, and how the benchmark was read), ``predictions.parquet`` (one row per image),
 ``overlay.npz`` (the first images, their object masks and the model's relevance maps, for the
-report's pictures) and, for SI-Score, ``factors.csv``. `cft report` reads them (summary.py).
+report's pictures), for SI-Score ``factors.csv`` and for corruption benchmarks ``corruptions.csv``
+(accuracy per corruption and severity). `cft report` reads them (summary.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.benchmarks.files import FACTORS_NAME, PREDICTIONS_NAME, SCORES_NAME
+from pipeline.benchmarks.corrupted import corruption_breakdown
+from pipeline.benchmarks.files import CORRUPTIONS_NAME, FACTORS_NAME, PREDICTIONS_NAME, SCORES_NAME
 from pipeline.benchmarks.protocols import factor_breakdown, protocols_for
 from pipeline.benchmarks.runner import BenchmarkRun, ModelUnderTest
 from pipeline.benchmarks.sources import EvalSource
@@ -40,12 +42,20 @@ def benchmark_info(source: EvalSource, settings: dict[str, Any]) -> dict[str, An
 
 
 def write_model_results(
-    source: EvalSource, run: BenchmarkRun, model: str, scores: dict[str, float], info: dict[str, Any], out_dir: Path
+    source: EvalSource,
+    run: BenchmarkRun,
+    model: str,
+    scores: dict[str, float],
+    info: dict[str, Any],
+    out_dir: Path,
+    seen_classes: set[int] | None = None,
+    trained_corruptions: list[str] | None = None,
 ) -> None:
-    """One model's scores, predictions and (SI-Score) factor table on one benchmark."""
-    write_json(
-        out_dir / SCORES_NAME, {"benchmark": info, "model": model, "scores": {k: _finite(v) for k, v in scores.items()}}
-    )
+    """One model's scores, predictions, and the SI-Score factor or corruption tables on one benchmark."""
+    saved: dict[str, Any] = {"benchmark": info, "model": model, "scores": {k: _finite(v) for k, v in scores.items()}}
+    if source.families is not None:
+        saved["trained_corruptions"] = list(trained_corruptions or [])
+    write_json(out_dir / SCORES_NAME, saved)
     columns: dict[str, Any] = {"readable": pa.array(run.readable)}
     if source.images is not None:
         columns["file"] = pa.array(source.images.files)
@@ -61,6 +71,12 @@ def write_model_results(
         write_csv(
             out_dir / FACTORS_NAME, factor_breakdown(images, {p: v[keep] for p, v in run.predictions[model].items()})
         )
+    if source.images is not None and source.families is not None:
+        keep = np.flatnonzero(run.readable)
+        predictions = {p: v[keep] for p, v in run.predictions[model].items()}
+        rows = corruption_breakdown(source.images.take(keep.tolist()), predictions, seen_classes, source.families)
+        trained = set(trained_corruptions or [])
+        write_csv(out_dir / CORRUPTIONS_NAME, [{**row, "trained_on": row["corruption"] in trained} for row in rows])
 
 
 def write_overlay_arrays(

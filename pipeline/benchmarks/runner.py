@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from pipeline.benchmarks.catalog import BenchmarkImages
+from pipeline.benchmarks.corrupted import corruption_breakdown, corruption_metrics
 from pipeline.benchmarks.protocols import benchmark_metrics, predict, protocols_for
 from pipeline.benchmarks.segmentation import SegmentationScores
 from pipeline.benchmarks.sources import ArrayItems, EvalSource
@@ -305,15 +307,26 @@ def run_benchmark(
     )
 
 
-def run_metrics(source: EvalSource, run: BenchmarkRun, seen_classes: set[int] | None) -> dict[str, dict[str, float]]:
-    """model -> flat metrics: accuracy per protocol (seen/unseen classes), relevance scores per group."""
+def run_metrics(
+    source: EvalSource,
+    run: BenchmarkRun,
+    seen_classes: set[int] | None,
+    trained_corruptions: Mapping[str, list[str]] | None = None,
+) -> dict[str, dict[str, float]]:
+    """model -> flat metrics: accuracy per protocol (seen/unseen classes), relevance scores per group,
+    and on corruption benchmarks accuracy per corruption and family, and on the corruptions each
+    model was fine-tuned on (``trained_corruptions``) against the others."""
     results: dict[str, dict[str, float]] = {}
     keep = np.flatnonzero(run.readable)
     images = source.images.take(keep.tolist()) if source.images is not None else None
     for model, per_protocol in run.predictions.items():
         row: dict[str, float] = {"images": len(keep), "unreadable": int((~run.readable).sum())}
         if images is not None:
-            row.update(benchmark_metrics(images, {p: v[keep] for p, v in per_protocol.items()}, seen_classes))
+            kept = {p: v[keep] for p, v in per_protocol.items()}
+            row.update(benchmark_metrics(images, kept, seen_classes))
+            if source.families is not None:
+                rows = corruption_breakdown(images, kept, seen_classes, source.families)
+                row.update(corruption_metrics(rows, (trained_corruptions or {}).get(model, [])))
         for group, value in run.scores.get(model, {}).items():
             suffix = "" if group == "all" else f"_{group}"
             for key, metric in value.metrics().items():

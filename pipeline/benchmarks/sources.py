@@ -1,11 +1,12 @@
 """What an evaluation iterates: a benchmark's images at the model's input size, with masks when it has them.
 
-Three kinds of source share one item format, so one runner serves them all:
+Four kinds of source share one item format, so one runner serves them all:
 
 * ``split``: a split of the prepared dataset (the world's out-of-distribution splits), held in
   memory, with the object masks when the dataset is part-annotated;
 * image-file benchmarks (ImageNet val/V2/A/R/Sketch, ObjectNet, SI-Score): decoded in DataLoader
   worker processes and passed through the model's own transform (ObjectNet's frame trimmed first);
+* ``corrupted``: another source's images, each under every (corruption, severity) pair (corrupted.py);
 * ``imagenet_segmentation``: the images and object masks of ``gtsegs_ijcv.mat``, resized square as
   in the segmentation protocol.
 
@@ -44,6 +45,7 @@ class EvalSource:
     has_masks: bool
     captions: list[str]
     upsampling: Upsampling = "cells"  # how relevance cells become a pixel map for the mask metrics
+    families: dict[str, list[str]] | None = None  # corruption benchmarks: the families reported together
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -121,6 +123,17 @@ def open_source(
     relevance: bool,
 ) -> EvalSource:
     """The source of benchmark ``name``; file benchmarks are listed, not decoded, here."""
+    if config.kind == "corrupted":
+        from pipeline.benchmarks.corrupted import CorruptedItems, expand_pairs
+
+        assert config.of is not None  # the config validator requires it
+        inner = open_source(name, config.of, class_names, transform, manifest_path, manifest, relevance=False)
+        assert inner.images is not None  # kinds that can be corrupted are labelled
+        pairs = config.corruption_pairs()
+        images = expand_pairs(inner.images, pairs)
+        dataset = CorruptedItems(inner.dataset, pairs, config.seed, len(inner))
+        captions = [caption for caption in inner.captions for _ in pairs]
+        return EvalSource(name, config.kind, dataset, images, False, captions, families=config.families)
     if config.kind == "split":
         split = config.split or name
         data = load_split(manifest_path, split, manifest, transform)
@@ -153,10 +166,20 @@ def open_source(
             name, config.kind, dataset, None, True, [f"image {i}" for i in range(len(dataset))], upsampling="bilinear"
         )
     images = _limited(read_benchmark(config.kind, config.path, class_names), config.limit)
+    # ImageNet-C's files are already the 224-pixel crops the corruptions were applied to: resized to
+    # the input size, never cropped again (Hendrycks & Dietterich's evaluation centre-crops only)
+    crop_pct = 1.0 if config.kind == "imagenet_c" else transform.crop_pct
     file_transform = InputTransform(
-        transform.size, transform.interpolation, transform.crop_pct, transform.crop_mode, images.border
+        transform.size, transform.interpolation, crop_pct, transform.crop_mode, images.border
     )
     captions = [class_names[targets[0]] for targets in images.targets]
+    families = config.families if config.kind == "imagenet_c" else None
     return EvalSource(
-        name, config.kind, FileItems(Path(images.root), images.files, file_transform), images, False, captions
+        name,
+        config.kind,
+        FileItems(Path(images.root), images.files, file_transform),
+        images,
+        False,
+        captions,
+        families=families,
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.benchmarks.kinds import BENCHMARK_KINDS
-from pipeline.config import ConfigError, StrictConfig, load_section, read_params
+from pipeline.benchmarks.kinds import BENCHMARK_KINDS, CORRUPTION_KINDS
+from pipeline.config import StrictConfig, load_section
+from pipeline.config.models import resolve_models
+from pipeline.corruptions.families import FAMILIES, KNOWN_CORRUPTIONS, SEVERITIES, family_of
 from pipeline.data.world.splits import OFF_BY_DEFAULT, WORLD_BENCHMARKS
 
 
@@ -16,20 +18,45 @@ class BenchmarkConfig(StrictConfig):
     """One evaluation set: a split of the prepared dataset, or a benchmark on disk (docs/real-data.md)."""
 
     kind: Literal[BENCHMARK_KINDS] = Field(  # type: ignore[valid-type]
-        description="split: a split of the prepared dataset; the others: a dataset at `path` in its own layout"
+        description="split: a split of the prepared dataset; corrupted: the benchmark `of` through ImageNet-C corruptions; the others: a dataset at `path` in its own layout"
     )
     path: str | None = Field(None, description="the benchmark's folder (gtsegs_ijcv.mat for imagenet_segmentation)")
     split: str | None = Field(None, description="kind split: the manifest split; null = the benchmark's name")
     limit: int | None = Field(
         None, ge=1, description="evaluate this many images, spread evenly over the benchmark (a quick look)"
     )
-    ood_mean: bool = Field(
-        True,
-        description="count it in the out-of-distribution means; false: reported apart (e.g. a benchmark every model fails)",
+    ood_mean: bool | None = Field(
+        None,
+        description="count it in the out-of-distribution means; false: reported apart (e.g. a benchmark every model fails); null = true except for corruption benchmarks",
     )
+    of: BenchmarkConfig | None = Field(
+        None, description="kind corrupted: the benchmark whose images are corrupted (its `limit` sets how many)"
+    )
+    corruptions: list[str] | None = Field(
+        None,
+        description="kind corrupted: corruptions and families (high, low) to apply; null = every corruption of `families`",
+    )
+    severities: list[Annotated[int, Field(ge=1, le=5)]] = Field(
+        default_factory=lambda: list(SEVERITIES), min_length=1, description="kind corrupted: ImageNet-C severities"
+    )
+    families: dict[str, list[str]] = Field(
+        default_factory=lambda: {name: list(names) for name, names in FAMILIES.items()},
+        description="corruption families reported together (default: Yin et al.'s high and low frequency); for imagenet_c, folders in no family are reported as 'other'",
+    )
+    seed: int = Field(0, description="kind corrupted: seeds the corrupted images (the same for every model)")
 
     @model_validator(mode="after")
     def _path_for_datasets(self) -> BenchmarkConfig:
+        corruption_fields = {"of", "corruptions", "severities", "seed"} & self.model_fields_set
+        if self.kind == "corrupted":
+            self._check_corrupted()
+        elif corruption_fields:
+            raise ValueError(f"{sorted(corruption_fields)} are for kind corrupted")
+        if "families" in self.model_fields_set and self.kind not in CORRUPTION_KINDS:
+            raise ValueError(f"`families` is for the corruption kinds {CORRUPTION_KINDS}")
+        family_of(self.families)  # a corruption in two families is an error
+        if self.kind == "corrupted":
+            return self
         if self.kind == "split" and self.path is not None:
             raise ValueError("kind split reads the prepared dataset; `path` is for benchmarks on disk")
         if self.kind != "split" and self.path is None:
@@ -38,13 +65,51 @@ class BenchmarkConfig(StrictConfig):
             raise ValueError("`split` is only for kind split")
         return self
 
+    def _check_corrupted(self) -> None:
+        if self.of is None:
+            raise ValueError(
+                "kind corrupted needs `of`, the benchmark to corrupt (e.g. of: {kind: split, split: test})"
+            )
+        if self.of.kind in (*CORRUPTION_KINDS, "imagenet_segmentation"):
+            raise ValueError(f"kind corrupted cannot corrupt kind {self.of.kind}")
+        if self.path is not None or self.split is not None or self.limit is not None:
+            raise ValueError("kind corrupted takes `path`, `split` and `limit` from `of` (set them there)")
+        known = [name for names in self.families.values() for name in names]
+        unknown = sorted({name for name in known if name not in KNOWN_CORRUPTIONS})
+        if unknown:
+            raise ValueError(
+                f"families name corruptions {unknown} that kind corrupted cannot apply; known: {sorted(KNOWN_CORRUPTIONS)}"
+            )
+        wrong = sorted({name for name in self.applied_corruptions() if name not in KNOWN_CORRUPTIONS})
+        if wrong:
+            raise ValueError(
+                f"corruptions {wrong}: neither a corruption {sorted(KNOWN_CORRUPTIONS)} nor a family {sorted(self.families)}"
+            )
+        if len(set(self.severities)) != len(self.severities):
+            raise ValueError(f"severities lists one twice: {self.severities}")
+
+    def in_ood_mean(self) -> bool:
+        """Whether the report counts it in the out-of-distribution means (corruption robustness is
+        reported apart from the distribution shifts unless ``ood_mean`` says otherwise)."""
+        return self.ood_mean if self.ood_mean is not None else self.kind not in CORRUPTION_KINDS
+
+    def applied_corruptions(self) -> list[str]:
+        """kind corrupted: the corruptions applied, families spelled out (null: every family's)."""
+        entries = self.corruptions if self.corruptions is not None else list(self.families)
+        return list(dict.fromkeys(name for entry in entries for name in self.families.get(entry, [entry])))
+
+    def corruption_pairs(self) -> list[tuple[str, int]]:
+        """kind corrupted: every (corruption, severity) applied, corruption-major."""
+        return [(name, severity) for name in self.applied_corruptions() for severity in self.severities]
+
 
 class EvaluateConfig(StrictConfig):
     """``evaluate`` section: settings shared by every benchmark, and the benchmarks (one DVC stage each)."""
 
     benchmarks: dict[str, BenchmarkConfig] = Field(
         default_factory=lambda: {
-            name: BenchmarkConfig(kind="split") for name in WORLD_BENCHMARKS if name not in OFF_BY_DEFAULT
+            **{name: BenchmarkConfig(kind="split") for name in WORLD_BENCHMARKS if name not in OFF_BY_DEFAULT},
+            "corrupted": BenchmarkConfig(kind="corrupted", of=BenchmarkConfig(kind="split", split="test", limit=200)),
         },
         description="name -> benchmark; `dvc repro` runs evaluate@<benchmark>-<model> for each benchmark and model",
     )
@@ -104,11 +169,4 @@ class EvaluateConfig(StrictConfig):
 def load_evaluate(path: str | Path) -> EvaluateConfig:
     """The ``evaluate`` section, with ``evaluate.models`` checked against ``finetune.methods``."""
     config = load_section(path, "evaluate", EvaluateConfig)
-    methods = (read_params(path).get("finetune") or {}).get("methods") or []
-    if config.models is None:
-        config = config.model_copy(update={"models": ["base", *methods]})
-    assert config.models is not None
-    unknown = [name for name in config.models if name != "base" and name not in methods]
-    if unknown:
-        raise ConfigError(f"{path}: evaluate.models {unknown} are neither 'base' nor in finetune.methods {methods}")
-    return config
+    return config.model_copy(update={"models": resolve_models(path, "evaluate", config.models)})

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config import ConfigError, StrictConfig, format_validation_error, read_params
-from pipeline.training.corruptions import CORRUPTION_NAMES
+from pipeline.corruptions.families import FAMILIES
+from pipeline.corruptions.ops import CORRUPTION_NAMES
 
 
 class AugmentConfig(StrictConfig):
@@ -108,14 +109,26 @@ class RelevanceObjective(StrictConfig):
 class LabelsObjective(StrictConfig):
     """Plain fine-tuning: cross-entropy on the labels, same images and schedule. With
     ``corruptions``, the corruption baseline: a share of the training images is corrupted first
-    (ImageNet-C corruptions, :mod:`pipeline.training.corruptions`)."""
+    (ImageNet-C corruptions, :mod:`pipeline.corruptions`)."""
 
     objective: Literal["labels"]
-    corruptions: list[Literal[CORRUPTION_NAMES]] = Field(
-        default_factory=list, description="ImageNet-C corruptions drawn from per image; empty: plain fine-tuning"
-    )  # type: ignore[valid-type]
+    corruptions: list[Literal[CORRUPTION_NAMES]] = Field(  # type: ignore[valid-type]
+        default_factory=list,
+        description="ImageNet-C corruptions drawn from per image, or a family (high, low) for all of its corruptions; empty: plain fine-tuning",
+    )
     severity: int = Field(3, ge=1, le=5, description="ImageNet-C severity of every corruption")
     corrupted_share: float = Field(0.5, gt=0.0, le=1.0, description="probability that a training image is corrupted")
+
+    @field_validator("corruptions", mode="before")
+    @classmethod
+    def _families_spelled_out(cls, value: object) -> object:
+        """A family name stands for its corruptions, written out so the model artifact lists what it saw."""
+        if not isinstance(value, list):
+            return value
+        names = [
+            name for entry in value for name in (FAMILIES.get(entry, (entry,)) if isinstance(entry, str) else (entry,))
+        ]
+        return list(dict.fromkeys(names))
 
 
 class RrrObjective(StrictConfig):

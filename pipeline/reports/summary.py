@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.benchmarks.files import OVERLAY_NAME, SCORES_NAME
 from pipeline.reports.base import write_csv
 from pipeline.reports.charts import grouped_bar_chart, overlay_grid, save_png
+from pipeline.reports.corruptions import corruption_summary, write_corruption_plots
 from pipeline.utils.atomic import write_json
 
 MEAN_KEYS = ("accuracy", "accuracy_seen", "accuracy_unseen", "miou", "miou_seen", "miou_unseen", "background_share")
@@ -31,6 +32,9 @@ COMPACT_KEYS = {
     "forgetting": "in-distribution accuracy on unseen classes lost against the base model",
     "<name>_drop": "in-distribution accuracy minus the accuracy on the benchmark evaluate.shortcut_tests names (cue_drop, bg_drop)",
     "cue_lift": "in-distribution: share of positive relevance on the cue divided by the cue's share of the image (1 = not singled out)",
+    "c_seen": "accuracy on the corruption benchmarks, corruptions the model was fine-tuned on (every severity)",
+    "c_unseen": "the same, on the other corruptions (all of them for a model not fine-tuned on corruptions)",
+    "c_rel_ce": "corruption error relative to the base model (mean over corruptions; < 1 more robust)",
 }
 
 
@@ -63,11 +67,13 @@ def summarise(
 ) -> dict[str, dict[str, float]]:
     """Per model: mean of each metric over the out-of-distribution benchmarks (except those reported
     ``apart``), forgetting = the drop of in-distribution accuracy on unseen classes relative to
-    ``reference``, each shortcut test's accuracy drop and the cue's relevance lift in distribution."""
+    ``reference``, each shortcut test's accuracy drop, the cue's relevance lift in distribution and
+    the corruption benchmarks' summary (reports/corruptions.py)."""
     models = list(dict.fromkeys(model for result in per_benchmark.values() for model in result["models"]))
+    corruption = corruption_summary(per_benchmark, reference)
     summary: dict[str, dict[str, float]] = {}
     for model in models:
-        row: dict[str, float] = {}
+        row: dict[str, float] = dict(corruption.get(model, {}))
         for key in MEAN_KEYS:
             values = [
                 result["models"][model].get(key)
@@ -106,6 +112,9 @@ def compact(row: dict[str, float]) -> dict[str, float]:
         "ood_unseen": "ood_accuracy_unseen_mean",
         "id_acc": "in_distribution_accuracy",
         "forgetting": "forgetting_unseen",
+        "c_seen": "corruption_seen_accuracy",
+        "c_unseen": "corruption_unseen_accuracy",
+        "c_rel_ce": "corruption_relative_ce",
     }
     sources.update({key: key for key in row if key.endswith("_drop") or key == "cue_lift"})
     return {key: round(row[source], 4) for key, source in sources.items() if row.get(source) is not None}
@@ -143,6 +152,10 @@ def write_summary(
         values = {name: per for name, per in values.items() if per}
         if values:
             grouped_bar_chart(values, label, plots_dir / f"{metric}.png", ylabel=metric)
+    clean = {
+        model: row["in_distribution_accuracy"] for model, row in summary.items() if "in_distribution_accuracy" in row
+    }
+    write_corruption_plots(per_benchmark, results_dir, plots_dir, clean or None)
     for name, result in per_benchmark.items():
         _relevance_picture(results_dir / name, list(result["models"]), plots_dir / f"relevance_{name}.png")
         if result["benchmark"].get("kind") == "si_score":

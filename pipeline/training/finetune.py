@@ -36,6 +36,7 @@ from pipeline.config.finetune import (
     RelevanceObjective,
     RrrObjective,
 )
+from pipeline.corruptions.ops import corrupt_batch
 from pipeline.data.array_store import StoreError
 from pipeline.data.datasets import ArraySplit, has_image_files, load_images, object_masks, rows_by_id
 from pipeline.data.manifest import read_manifest
@@ -47,7 +48,6 @@ from pipeline.models.factory import load_model_artifact
 from pipeline.relevance.attnlrp import attnlrp
 from pipeline.relevance.maps import relevance_maps
 from pipeline.relevance.rollout import rollout
-from pipeline.training.corruptions import corrupt_batch
 from pipeline.training.loop import TrainingError, accuracy, chance_test, joint_augment, shuffled_batches, train_epoch
 from pipeline.training.objective import background_share, competitor_relevance, relevance_loss
 from pipeline.training.rrr import calibrated_weight, log_probability_input_gradient, rrr_objective
