@@ -124,3 +124,26 @@ def test_analysis_of_a_convnext_skips_attention_with_a_note() -> None:
 def test_models_other_than_vits_and_convnexts_are_refused() -> None:
     with pytest.raises(AnalysisError, match="Sequential is neither"):
         ModelProbe(nn.Sequential(nn.Flatten(), nn.Linear(3, 2)))
+
+
+def test_register_tokens_are_prefix_tokens_and_dinov2_classifiers_have_no_logit_lens() -> None:
+    """DINOv2 with registers: the class token and 4 registers come before the patches; Meta's
+    linear head reads several blocks' class tokens at once, so no single layer has a lens."""
+    import pipeline.models.dinov2_classifier  # noqa: F401  (registers dinov2_*_lc with timm)
+
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "dinov2_vits14_reg_lc",
+        pretrained=False,
+        num_classes=5,
+        img_size=32,
+        patch_size=8,
+        embed_dim=16,
+        depth=4,
+        num_heads=2,
+    ).eval()
+    probe = ModelProbe(model)
+    assert probe.prefix_tokens == 5 and probe.grid == (4, 4) and probe.lens_layers == []
+    result = analyze({"base": (model, normalize)}, probes(8), batch_size=4, device=torch.device("cpu"), sae=SAE, seed=0)
+    rows = [row for row in result.layers if row["input"] == "clean"]
+    assert all("logit_lens_accuracy" not in row and 0 <= row["object_attention"] <= 1 for row in rows)

@@ -31,7 +31,7 @@ PAIRS = [("gaussian_noise", 1), ("gaussian_noise", 5), ("fog", 2), ("contrast", 
 
 def items(count: int = 3) -> CorruptedItems:
     images = np.random.default_rng(0).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
-    return CorruptedItems(ArrayItems(images, None), PAIRS, seed=7, count=count)
+    return CorruptedItems(ArrayItems(images, None), PAIRS, seed=7)
 
 
 def test_each_item_is_one_image_under_one_pair_seeded_by_image_and_pair_alone() -> None:

@@ -36,8 +36,9 @@ class CorruptedItems(Dataset[dict[str, Any]]):
     """Every image of ``inner`` under every (corruption, severity) pair, image-major: the pairs of
     one image are consecutive, so the last decoded image is reused (one decode per image)."""
 
-    def __init__(self, inner: Dataset[dict[str, Any]], pairs: Sequence[tuple[str, int]], seed: int, count: int) -> None:
-        self.inner, self.pairs, self.seed, self.count = inner, list(pairs), seed, count
+    def __init__(self, inner: Dataset[dict[str, Any]], pairs: Sequence[tuple[str, int]], seed: int) -> None:
+        self.inner, self.pairs, self.seed = inner, list(pairs), seed
+        self.count = len(inner)  # type: ignore[arg-type]
         self._last: tuple[int, dict[str, Any]] | None = None
 
     def __len__(self) -> int:

@@ -131,7 +131,7 @@ def open_source(
         assert inner.images is not None  # kinds that can be corrupted are labelled
         pairs = config.corruption_pairs()
         images = expand_pairs(inner.images, pairs)
-        dataset = CorruptedItems(inner.dataset, pairs, config.seed, len(inner))
+        dataset = CorruptedItems(inner.dataset, pairs, config.seed)
         captions = [caption for caption in inner.captions for _ in pairs]
         return EvalSource(name, config.kind, dataset, images, False, captions, families=config.families)
     if config.kind == "split":
