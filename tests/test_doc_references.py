@@ -30,15 +30,23 @@ def headings(text: str) -> list[str]:
     return titles
 
 
+README_REFERENCE = re.compile(r"README: ([A-Z][^)\"'`;,\n(]+)")
+
+
+def sources() -> list[Path]:
+    """The code and the two files users edit, whose comments point into the guides."""
+    code = [path for folder in ("pipeline", "stages") for path in sorted((REPO / folder).rglob("*.py"))]
+    return [*code, REPO / "params.yaml", REPO / "dvc.yaml"]
+
+
 def references() -> list[tuple[str, int, str, str | None]]:
-    """(file, line, guide, section or None) for every reference in pipeline/ and stages/."""
+    """(file, line, guide, section or None) for every reference in the code, params.yaml and dvc.yaml."""
     found = []
-    for folder in ("pipeline", "stages"):
-        for path in sorted((REPO / folder).rglob("*.py")):
-            for number, line in enumerate(path.read_text().splitlines(), 1):
-                for match in REFERENCE.finditer(line):
-                    section = match.group(2).strip().rstrip(".") if match.group(2) else None
-                    found.append((str(path.relative_to(REPO)), number, match.group(1), section))
+    for path in sources():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for match in REFERENCE.finditer(line):
+                section = match.group(2).strip().rstrip(".") if match.group(2) else None
+                found.append((str(path.relative_to(REPO)), number, match.group(1), section))
     return found
 
 
@@ -71,3 +79,19 @@ def test_the_readme_links_every_guide() -> None:
     readme = (REPO / "README.md").read_text()
     guides = sorted(path.name for path in (REPO / "docs").glob("*.md"))
     assert guides and [name for name in guides if f"(docs/{name}" not in readme] == []
+
+
+def test_readme_references_name_a_readme_section() -> None:
+    """ "README: <section>" in the code, params.yaml and dvc.yaml names the start of a README heading."""
+    titles = headings((REPO / "README.md").read_text())
+    found = [
+        (path.name, number, match.group(1).strip())
+        for path in sources()
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        for match in README_REFERENCE.finditer(line)
+    ]
+    assert found, "the scan is not vacuous"
+    missing = [
+        (name, number, section) for name, number, section in found if not any(t.startswith(section) for t in titles)
+    ]
+    assert not missing, f"README has no section starting with: {missing}"
