@@ -2,9 +2,10 @@
 
 Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
 Perturbations" (ICLR 2019; github.com/hendrycks/robustness, ``make_imagenet_c.py``) define 15
-corruptions at 5 severities. Eleven of them are rewritten here with the published severity
-constants, so they run on any image size, on CPU or GPU, drawn from a ``torch.Generator``
-(deterministic by seed, resumable with the training state):
+corruptions at 5 severities, and 4 more for validation. Nine of the 15 and two of the 4 (speckle
+noise, gaussian blur) are rewritten here with the published severity constants, so they run on
+any image size, on CPU or GPU, drawn from a ``torch.Generator`` (deterministic by seed, resumable
+with the training state):
 
 ================  ==========================================================  =====================
 name              operation on x ∈ [0, 1]                                     severity 1 … 5
@@ -31,8 +32,8 @@ ones in their statistics. The constants are those for 224-pixel ImageNet images;
 pixelation act in pixels or shares of the side, so on much smaller images they are relatively
 stronger or weaker. Pixelation is not monotonic in severity at every side: a block size that does
 not divide the side blends pixels. Not included: glass, motion and zoom blur, snow, frost and
-elastic transform (image resources or per-pixel loops; ImageNet-C files cover them, kind
-``imagenet_c``).
+elastic transform, and the validation corruptions spatter and saturate (image resources or
+per-pixel loops; ImageNet-C's files cover the 15, kind ``imagenet_c``).
 """
 
 from __future__ import annotations
