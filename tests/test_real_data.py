@@ -18,13 +18,14 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from pipeline.benchmarks.catalog import imagenet_subset
+from pipeline.benchmarks.kinds import IN9_VARIANTS
 from pipeline.data.class_names import imagenet_classes
 from pipeline.data.preprocess import InputTransform
 from pipeline.masks.store import ImageMasks, write_mask_store
 from pipeline.models.factory import load_model_artifact
 from pipeline.utils.device import Normalizer
 from stages.cli import app
-from tests.helpers.benchmark_files import write_objectnet, write_si_score
+from tests.helpers.benchmark_files import IN9_FOLDERS, write_imagenet9, write_objectnet, write_si_score
 
 MODEL = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 SMALL = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
@@ -55,6 +56,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             photo(rng, 36, 44).save(folder / f"{index}.jpg")
     write_objectnet(root / "objectnet-1.0")
     write_si_score(root / "si-score")
+    write_imagenet9(root / "bg_challenge", IN9_VARIANTS)
     params = {
         "data": {
             "source": "imagefolder",
@@ -87,6 +89,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "imagenet_a": {"kind": "imagenet_a", "path": "imagenet-a"},
                 "objectnet": {"kind": "objectnet", "path": "objectnet-1.0"},
                 "si_score": {"kind": "si_score", "path": "si-score"},
+                "imagenet9": {"kind": "imagenet9", "path": "bg_challenge"},
             },
             "in_distribution": None,
             "batch_size": 4,
@@ -164,7 +167,7 @@ def test_finetune_reads_image_files_and_aligns_concept_masks(prepared: Path) -> 
     assert (prepared / "plots/finetune/cft/relevance.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("benchmark", ["imagenet_a", "objectnet", "si_score"])
+@pytest.mark.parametrize("benchmark", ["imagenet_a", "objectnet", "si_score", "imagenet9"])
 def test_evaluate_each_benchmark(prepared: Path, benchmark: str) -> None:
     if not (prepared / "models/plain").exists():
         pytest.skip("needs the fine-tuned models of the previous test")
@@ -185,6 +188,39 @@ def test_evaluate_each_benchmark(prepared: Path, benchmark: str) -> None:
     if benchmark == "si_score":
         assert {"accuracy_size", "accuracy_rotation", "accuracy_location"} <= set(base)
         assert (prepared / "results/evaluate/si_score/cft/factors.csv").stat().st_size > 0
+    if benchmark == "imagenet9":
+        assert base["images"] == 8 * 9 and "in_to_in9.json" in info["protocols"]["standard"]
+        assert {"bg_gap", "only_bg_accuracy", "accuracy_only_bg_b", "accuracy_mixed_next"} <= set(base)
+
+
+def test_imagenet9_predictions_follow_the_backgrounds_challenge(prepared: Path) -> None:
+    """By hand, as in9_eval.py does for an ImageNet model: the image at its size (resized, not
+    cropped), 1000-way argmax, in_to_in9.json to a super-class; accuracy per variant and BG-gap."""
+    if not (prepared / "results/evaluate/imagenet9").exists():
+        pytest.skip("needs the ImageNet-9 evaluation of the previous test")
+    from pipeline.benchmarks.catalog import packaged_data, read_benchmark, read_json_mapping
+    from pipeline.data.datasets import decode_image
+
+    model, spec = load_model_artifact(prepared / "models/base")
+    model.eval()
+    images = read_benchmark("imagenet9", prepared / "bg_challenge", imagenet_classes())
+    transform = InputTransform.from_preprocessing({**spec["preprocessing"], "crop_pct": 1.0})
+    normalizer = Normalizer(spec["preprocessing"]["mean"], spec["preprocessing"]["std"])
+    batch = torch.from_numpy(np.stack([transform.image(decode_image(images.root / name)) for name in images.files]))
+    with torch.no_grad():
+        predicted = model(normalizer(batch)).argmax(dim=1).numpy()
+    table = pq.read_table(prepared / "results/evaluate/imagenet9/base/predictions.parquet")
+    np.testing.assert_array_equal(table.column("standard").to_numpy(), predicted)
+    to_in9 = read_json_mapping(packaged_data("in_to_in9.json"), "mapping", int)
+    superclass = np.array([IN9_FOLDERS.index(name.split("/")[2]) for name in images.files])
+    right = np.array([to_in9[str(p)] for p in predicted]) == superclass
+    variant = np.array([name.split("/")[0] for name in images.files])
+    scores = json.loads((prepared / "results/evaluate/imagenet9/base/scores.json").read_text())["scores"]
+    for name in IN9_VARIANTS:
+        assert scores[f"accuracy_{name}"] == pytest.approx(right[variant == name].mean())
+    assert scores["bg_gap"] == pytest.approx(
+        right[variant == "mixed_same"].mean() - right[variant == "mixed_rand"].mean()
+    )
 
 
 def test_objectnet_predictions_follow_the_protocol(prepared: Path) -> None:
@@ -225,6 +261,10 @@ def test_report_puts_the_benchmarks_side_by_side(prepared: Path) -> None:
     )  # in_distribution: null, so all three are OOD
     assert (prepared / "plots/summary/accuracy.png").stat().st_size > 0
     assert (prepared / "plots/summary/factors_si_score.png").stat().st_size > 0
+    # ImageNet-9 is reported apart from the OOD mean (above), in the spurious-reliance section
+    imagenet9 = json.loads((prepared / "results/evaluate/imagenet9/cft/scores.json").read_text())["scores"]
+    assert compact["bg_gap"] == pytest.approx(imagenet9["bg_gap"], abs=1e-4)
+    assert (prepared / "plots/summary/spurious.png").stat().st_size > 0
 
 
 def test_masks_of_images_of_several_sizes_need_a_resolution_before_models_load(

@@ -43,10 +43,11 @@ def test_one_table_over_seeds_with_every_benchmark(
     table = capsys.readouterr().out
     assert "| benchmark | metric | base | cft | plain |" in table
     assert "| swapped_bg | miou |" in table and "| summary | ood_acc |" in table
+    assert "| backgrounds | bg_gap |" in table and "| summary | only_bg |" in table
     for seed in (3, 4):
         results = tmp_path / f"work/seed{seed}/results/evaluate"
         assert {(path.parent.name, path.name) for path in results.glob("*/*")} == {
-            (b, m) for b in ("test", "swapped_bg") for m in ("base", "cft", "plain")
+            (b, m) for b in ("test", "swapped_bg", "backgrounds") for m in ("base", "cft", "plain")
         }
         assert sorted(path.name for path in (tmp_path / f"work/seed{seed}/metrics").iterdir()) == [
             "base.json",

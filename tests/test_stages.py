@@ -192,7 +192,7 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
         _, spec = load_model_artifact(tmp_path / f"models/{method}")
         assert spec["finetune"]["method"] == method and len(spec["finetune"]["seen_classes"]) == 5
     assert (tmp_path / "p/cft/relevance.png").stat().st_size > 0
-    for benchmark in ("test", "swapped_bg", "corrupted"):
+    for benchmark in ("test", "swapped_bg", "corrupted", "backgrounds"):
         # base alone, then the two methods in one call (sharing each batch): the same results
         output = invoke(
             "evaluate",
@@ -243,7 +243,7 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
     compact = {model: json.loads((tmp_path / f"metrics/{model}.json").read_text()) for model in models}
     assert sorted(path.name for path in (tmp_path / "metrics").iterdir()) == sorted(f"{m}.json" for m in models)
     assert compact["base"]["forgetting"] == 0.0 and compact["base"]["c_rel_ce"] == 1.0
-    usual = {"ood_acc", "ood_seen", "ood_unseen", "id_acc", "forgetting", "cue_lift", "bg_drop"}
+    usual = {"ood_acc", "ood_seen", "ood_unseen", "id_acc", "forgetting", "cue_lift", "bg_drop", "bg_gap", "only_bg"}
     assert set(compact["cft"]) == usual | {"c_unseen", "c_rel_ce"}
     assert set(compact["noisy"]) == usual | {"c_seen", "c_unseen", "c_rel_ce"}
     corrupted = json.loads((tmp_path / "results/corrupted/noisy/scores.json").read_text())
@@ -274,10 +274,15 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
     } <= set(header)
     rows = [dict(zip(header, line.split(","), strict=True)) for line in detail[1:]]
     assert {(row["benchmark"], row["model"]) for row in rows} == {
-        (b, m) for b in ("test", "swapped_bg", "corrupted") for m in models
+        (b, m) for b in ("test", "swapped_bg", "corrupted", "backgrounds") for m in models
     }
     swapped_cft = next(row for row in rows if row["benchmark"] == "swapped_bg" and row["model"] == "cft")
-    assert compact["cft"]["ood_acc"] == round(float(swapped_cft["accuracy"]), 4)  # corruptions reported apart
+    # corruptions and the backgrounds variants are reported apart
+    assert compact["cft"]["ood_acc"] == round(float(swapped_cft["accuracy"]), 4)
+    variants = json.loads((tmp_path / "results/backgrounds/cft/scores.json").read_text())["scores"]
+    assert variants["images"] == 14
+    assert compact["cft"]["bg_gap"] == round(variants["accuracy_mixed_same"] - variants["accuracy_mixed_rand"], 4)
+    assert compact["cft"]["only_bg"] == round(variants["accuracy_only_bg"], 4)
     for name in (
         "accuracy.png",
         "miou.png",
@@ -287,6 +292,8 @@ def test_whole_method_through_the_cli(tmp_path: Path) -> None:
         "corruptions_corrupted.png",
         "corruptions.csv",
         "corruption_severity.csv",
+        "spurious.png",
+        "spurious.csv",
     ):
         assert (tmp_path / "p/summary" / name).stat().st_size > 0
     output = invoke(

@@ -111,8 +111,11 @@ class BenchmarkImages:
         )
 
 
-def read_benchmark(kind: str, root: str | Path, class_names: list[str]) -> BenchmarkImages:
-    """List ``root``'s images in ``kind``'s layout, with targets as indices into ``class_names``."""
+def read_benchmark(
+    kind: str, root: str | Path, class_names: list[str], variants: list[str] | None = None
+) -> BenchmarkImages:
+    """List ``root``'s images in ``kind``'s layout, with targets as indices into ``class_names``
+    (``variants``: ImageNet-9's variant folders to read, all by default)."""
     if kind not in KINDS:
         raise BenchmarkError(f"{root}: unknown benchmark kind {kind!r}; known kinds: {', '.join(KINDS)}")
     root = Path(root)
@@ -122,15 +125,19 @@ def read_benchmark(kind: str, root: str | Path, class_names: list[str]) -> Bench
         return _read_imagefolder(root, class_names)
     if kind == "imagenet_c":
         return _read_imagenet_c(root, class_names)
+    if kind == "imagenet9":
+        from pipeline.benchmarks.backgrounds import read_imagenet9
+
+        return read_imagenet9(root, class_names, variants)
     _require_imagenet_classifier(kind, class_names)
     if kind == "imagenet_v2":
         folders = {str(index): (index,) for index in range(1000)}
-        return _from_rows(kind, root, _read_class_folders(root, folders, "an ImageNet class index 0-999"), None)
+        return from_rows(kind, root, _read_class_folders(root, folders, "an ImageNet class index 0-999"), None)
     if kind in ("imagenet_a", "imagenet_r"):
         wnids, indices = imagenet_subset(kind)
         folders = {wnid: (index,) for wnid, index in zip(wnids, indices)}
         rows = _read_class_folders(root, folders, f"one of the {len(wnids)} {kind} WordNet ids")
-        return _from_rows(kind, root, rows, indices)
+        return from_rows(kind, root, rows, indices)
     if kind == "objectnet":
         return _read_objectnet(root)
     return _read_si_score(root)
@@ -141,11 +148,11 @@ def read_benchmark(kind: str, root: str | Path, class_names: list[str]) -> Bench
 Row = tuple[str, tuple[int, ...], dict[str, str]]  # relative path, targets, metadata values
 
 
-def _visible_dirs(folder: Path) -> list[Path]:
+def visible_dirs(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
 
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
     return sorted(
         path
         for path in folder.rglob("*")
@@ -157,14 +164,14 @@ def _list_images(folder: Path) -> list[Path]:
 
 def _read_class_folders(root: Path, folder_targets: dict[str, tuple[int, ...]], expected: str) -> list[Row]:
     rows: list[Row] = []
-    for folder in _visible_dirs(root):
+    for folder in visible_dirs(root):
         if folder.name not in folder_targets:
             raise BenchmarkError(f"{folder}: folder {folder.name!r} is not a known class (expected {expected})")
-        rows += [(path.relative_to(root).as_posix(), folder_targets[folder.name], {}) for path in _list_images(folder)]
+        rows += [(path.relative_to(root).as_posix(), folder_targets[folder.name], {}) for path in list_images(folder)]
     return rows
 
 
-def _from_rows(
+def from_rows(
     kind: str,
     root: Path,
     rows: list[Row],
@@ -188,7 +195,7 @@ def _read_imagefolder(root: Path, class_names: list[str]) -> BenchmarkImages:
         raise BenchmarkError(f"{root}: the model's class names repeat {duplicates}")
     folders = {name: (index,) for index, name in enumerate(class_names)}
     rows = _read_class_folders(root, folders, f"one of the model's {len(class_names)} class names")
-    return _from_rows("imagefolder", root, rows, None)
+    return from_rows("imagefolder", root, rows, None)
 
 
 def _read_imagenet_c(root: Path, class_names: list[str]) -> BenchmarkImages:
@@ -196,8 +203,8 @@ def _read_imagenet_c(root: Path, class_names: list[str]) -> BenchmarkImages:
     CIFAR-10-C-style folders), class folders named as the model's classes (WordNet ids for ImageNet)."""
     folders = {name: (index,) for index, name in enumerate(class_names)}
     rows: list[Row] = []
-    for corruption in _visible_dirs(root):
-        levels = _visible_dirs(corruption)
+    for corruption in visible_dirs(root):
+        levels = visible_dirs(corruption)
         wrong = [level.name for level in levels if level.name not in {"1", "2", "3", "4", "5"}]
         if wrong or not levels:
             raise BenchmarkError(
@@ -211,7 +218,7 @@ def _read_imagenet_c(root: Path, class_names: list[str]) -> BenchmarkImages:
                 (prefix + file, targets, {"corruption": corruption.name, "severity": level.name})
                 for file, targets, _ in found
             ]
-    return _from_rows("imagenet_c", root, rows, None)
+    return from_rows("imagenet_c", root, rows, None)
 
 
 def _require_imagenet_classifier(kind: str, class_names: list[str]) -> None:
@@ -255,7 +262,7 @@ def packaged_data(name: str) -> Traversable:
     return files("pipeline.benchmarks") / "data" / name
 
 
-def _read_json_mapping(source: Path | Traversable, what: str, value_type: type) -> dict[str, Any]:
+def read_json_mapping(source: Path | Traversable, what: str, value_type: type) -> dict[str, Any]:
     try:
         mapping = json.loads(source.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -267,7 +274,7 @@ def _read_json_mapping(source: Path | Traversable, what: str, value_type: type) 
     return mapping
 
 
-def _own_or_packaged(own: Path | None, name: str) -> Path | Traversable:
+def own_or_packaged(own: Path | None, name: str) -> Path | Traversable:
     """The dataset's own copy of a mapping file when it has one: it is the authority for its images."""
     return own if own is not None and own.is_file() else packaged_data(name)
 
@@ -306,8 +313,8 @@ def objectnet_class_targets(mapping_dir: Path | None = None) -> dict[str, tuple[
 
     Reads ``mapping_dir/objectnet_to_imagenet_1k.json`` when it exists, else the packaged copy.
     """
-    source = _own_or_packaged(mapping_dir / OBJECTNET_IMAGENET_MAP if mapping_dir else None, OBJECTNET_IMAGENET_MAP)
-    mapping = _read_json_mapping(source, "ObjectNet to ImageNet mapping", str)
+    source = own_or_packaged(mapping_dir / OBJECTNET_IMAGENET_MAP if mapping_dir else None, OBJECTNET_IMAGENET_MAP)
+    mapping = read_json_mapping(source, "ObjectNet to ImageNet mapping", str)
     targets: dict[str, tuple[int, ...]] = {}
     for objectnet_class, imagenet_names in mapping.items():
         names = [name.strip() for name in imagenet_names.split(";") if name.strip()]
@@ -322,7 +329,7 @@ def si_score_label_targets(dataset_dir: Path | None = None) -> dict[str, int]:
     """SI-Score foreground label -> ImageNet-1k index: the dataset's ``foreground_classes.csv`` or the packaged JSON."""
     own = dataset_dir / "foreground_classes.csv" if dataset_dir else None
     if own is None or not own.is_file():
-        return _read_json_mapping(packaged_data(SI_SCORE_LABEL_MAP), "SI-Score label mapping", int)
+        return read_json_mapping(packaged_data(SI_SCORE_LABEL_MAP), "SI-Score label mapping", int)
     try:
         with own.open(newline="", encoding="utf-8") as stream:
             return {row["label"].strip(): int(row["int"]) for row in csv.DictReader(stream)}
@@ -340,29 +347,29 @@ def _read_objectnet(root: Path) -> BenchmarkImages:
     if not images.is_dir():
         raise BenchmarkError(f"{images}: not found (give the objectnet-1.0 folder, which holds images/<folder>/*.png)")
     mappings = root / "mappings"
-    folder_source = _own_or_packaged(mappings / OBJECTNET_FOLDER_MAP, OBJECTNET_FOLDER_MAP)
-    folder_to_class = _read_json_mapping(folder_source, "ObjectNet folder to label mapping", str)
+    folder_source = own_or_packaged(mappings / OBJECTNET_FOLDER_MAP, OBJECTNET_FOLDER_MAP)
+    folder_to_class = read_json_mapping(folder_source, "ObjectNet folder to label mapping", str)
     class_targets = objectnet_class_targets(mappings)
     unknown = sorted(set(class_targets) - set(folder_to_class.values()))
     if unknown:
-        imagenet_source = _own_or_packaged(mappings / OBJECTNET_IMAGENET_MAP, OBJECTNET_IMAGENET_MAP)
+        imagenet_source = own_or_packaged(mappings / OBJECTNET_IMAGENET_MAP, OBJECTNET_IMAGENET_MAP)
         raise BenchmarkError(
             f"{imagenet_source}: no folder holds the mapped ObjectNet classes {unknown} (folders: {folder_source})"
         )
     rows: list[Row] = []
     skipped: dict[str, int] = {}
-    for folder in _visible_dirs(images):
+    for folder in visible_dirs(images):
         objectnet_class = folder_to_class.get(folder.name)
         if objectnet_class is None:
             raise BenchmarkError(f"{folder}: folder {folder.name!r} is not an ObjectNet folder in {folder_source}")
-        paths = _list_images(folder)
+        paths = list_images(folder)
         if objectnet_class not in class_targets:
             skipped[folder.name] = len(paths)  # one of the ObjectNet classes with no ImageNet counterpart
             continue
         values = {"objectnet_class": objectnet_class}
         rows += [(path.relative_to(root).as_posix(), class_targets[objectnet_class], values) for path in paths]
     classes = tuple(sorted({index for targets in class_targets.values() for index in targets}))
-    return _from_rows("objectnet", root, rows, classes, OBJECTNET_BORDER, skipped)
+    return from_rows("objectnet", root, rows, classes, OBJECTNET_BORDER, skipped)
 
 
 # --- SI-Score -----------------------------------------------------------------------------------
@@ -379,7 +386,7 @@ def _si_score_dataset_dir(folder: Path, factor: str) -> Path:
         return folder
     nested = [
         child
-        for child in _visible_dirs(folder)
+        for child in visible_dirs(folder)
         if _si_score_factor(child.name) == factor and (child / "metadata.csv").is_file()
     ]
     if len(nested) != 1:
@@ -392,8 +399,8 @@ def _si_score_dataset_dir(folder: Path, factor: str) -> Path:
 def _si_score_label_folders(dataset_dir: Path, factor: str) -> list[Path]:
     """The ``<label>/`` folders, also where they sit one level down (``area/<label>/`` beside ``metadata.csv``)."""
     folders: list[Path] = []
-    for folder in _visible_dirs(dataset_dir):
-        folders += _visible_dirs(folder) if _si_score_factor(folder.name) == factor else [folder]
+    for folder in visible_dirs(dataset_dir):
+        folders += visible_dirs(folder) if _si_score_factor(folder.name) == factor else [folder]
     return folders
 
 
@@ -425,7 +432,7 @@ def _image_id(text: str) -> str:
 
 def _read_si_score(root: Path) -> BenchmarkImages:
     factor_folders: dict[str, Path] = {}
-    for folder in _visible_dirs(root):
+    for folder in visible_dirs(root):
         factor = _si_score_factor(folder.name)
         if factor is None:
             continue  # e.g. the foregrounds/ and backgrounds/ downloads beside the datasets
@@ -448,7 +455,7 @@ def _read_si_score(root: Path) -> BenchmarkImages:
                 raise BenchmarkError(
                     f"{folder}: folder {folder.name!r} is not an SI-Score foreground label with an ImageNet class"
                 )
-            for path in _list_images(folder):
+            for path in list_images(folder):
                 value = values.get(_image_id(path.stem))
                 if value is None:
                     raise BenchmarkError(f"{path}: image id {path.stem!r} has no row in {dataset_dir / 'metadata.csv'}")
@@ -459,4 +466,4 @@ def _read_si_score(root: Path) -> BenchmarkImages:
                         {"factor": factor, "factor_value": value},
                     )
                 )
-    return _from_rows("si_score", root, rows, None)
+    return from_rows("si_score", root, rows, None)

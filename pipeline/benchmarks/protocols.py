@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.benchmarks.backgrounds import superclass_targets, variant_metrics
 from pipeline.benchmarks.catalog import (
     OBJECTNET_BORDER,
     SI_SCORE_FACTORS,
@@ -45,7 +46,10 @@ def _has_reference(benchmark: BenchmarkImages) -> bool:
     return benchmark.classes is not None
 
 
-def _standard_description(kind: str, subset_size: int | None, border: int = 0) -> str:
+_VARIANTS = "accuracy per variant, BG-gap = mixed_same - mixed_rand, only_bg accuracy"
+
+
+def _standard_description(kind: str, subset_size: int | None, border: int = 0, mapped: bool = False) -> str:
     if kind == "objectnet" and subset_size is not None:
         return (
             f"argmax over the {subset_size} ImageNet classes mapped to ObjectNet, right if it is any class mapped "
@@ -59,6 +63,13 @@ def _standard_description(kind: str, subset_size: int | None, border: int = 0) -
         return "argmax over the 1000 ImageNet classes, accuracy per factor and factor value"
     if kind == "imagenet_c":
         return "argmax over all the model's classes, accuracy per corruption, severity and family"
+    if kind == "imagenet9" and mapped:
+        return (
+            "1000-way argmax mapped to the 9 super-classes by in_to_in9.json (an ImageNet class mapped to none "
+            f"is wrong); {_VARIANTS}"
+        )
+    if kind == "imagenet9":
+        return f"argmax over the model's 9 super-classes; {_VARIANTS}"
     return "argmax over all the model's classes"
 
 
@@ -73,7 +84,12 @@ _TITLES = {"imagenet_a": "ImageNet-A", "imagenet_r": "ImageNet-R"}
 
 def protocols_for(benchmark: BenchmarkImages) -> list[Protocol]:
     subset_size = None if benchmark.classes is None else len(benchmark.classes)
-    standard = Protocol(STANDARD, _standard_description(benchmark.kind, subset_size, benchmark.border))
+    # ImageNet-9 through an ImageNet-1k model: each image's targets are its super-class's ImageNet classes
+    mapped = benchmark.kind == "imagenet9" and any(len(targets) > 1 for targets in benchmark.targets)
+    description = _standard_description(benchmark.kind, subset_size, benchmark.border, mapped)
+    if benchmark.kind == "split" and "variant" in benchmark.metadata:
+        description += f"; {_VARIANTS}"
+    standard = Protocol(STANDARD, description)
     if not _has_reference(benchmark):
         return [standard]
     return [standard, Protocol(REFERENCE, _reference_description(benchmark.kind))]
@@ -134,7 +150,8 @@ def _protocol_correct(benchmark: BenchmarkImages, predictions: Mapping[str, np.n
 def benchmark_metrics(
     benchmark: BenchmarkImages, predictions: Mapping[str, np.ndarray], seen_classes: set[int] | None
 ) -> dict[str, float]:
-    """Accuracy per protocol, overall, for seen/unseen classes and (SI-Score) per factor; empty groups left out."""
+    """Accuracy per protocol, overall, for seen/unseen classes, (SI-Score) per factor and (ImageNet-9
+    and the world's backgrounds split) per variant with the BG-gap; empty groups left out."""
     groups: dict[str, np.ndarray] = {"": np.ones(len(benchmark.files), dtype=bool)}
     if seen_classes is not None:
         seen = _seen_mask(benchmark.targets, seen_classes)
@@ -158,6 +175,8 @@ def benchmark_metrics(
                 per_value = [row["accuracy"] for row in rows if row["factor"] == factor]
                 if per_value:
                     metrics[f"{prefix}accuracy_{factor}_value_mean"] = round(float(np.mean(per_value)), 6)
+        if "variant" in benchmark.metadata:
+            metrics |= variant_metrics(benchmark.metadata["variant"], right, groups, prefix)
     metrics["images"] = len(benchmark.files)
     if seen_classes is not None:
         metrics |= {
@@ -240,12 +259,17 @@ def _protocol_table() -> list[dict[str, str]]:
             "class_subset": "all the model's classes",
             "mapping": "<corruption>/<severity>/<class folder = class id>/<image>; images used at their size (no resize-and-crop)",
         },
+        {
+            "kind": "imagenet9",
+            "class_subset": f"9 super-classes = {sum(map(len, superclass_targets()))} ImageNet classes (in_to_in9.json), or a 9-class model's own",
+            "mapping": "<variant>/val/<class folder>/<image>; sorted folder position = super-class; images used at their size",
+        },
     ]
     subsets = {**subset_sizes, "objectnet": objectnet_imagenet}
     for row in rows:
         kind = row["kind"]
         row["standard_protocol"] = _standard_description(
-            kind, subsets.get(kind), OBJECTNET_BORDER if kind == "objectnet" else 0
+            kind, subsets.get(kind), OBJECTNET_BORDER if kind == "objectnet" else 0, mapped=kind == "imagenet9"
         )
         row["reference_protocol"] = _reference_description(kind) if kind in subsets else "-"
     return rows

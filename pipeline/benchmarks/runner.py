@@ -161,8 +161,11 @@ def _run_part(
         images = batch["image"].to(device, non_blocking=True)
         index = batch["index"].numpy()
         readable.append(batch["readable"].numpy().astype(bool))
+        # Relevance against the object mask on the first `limit` images that show an object (the
+        # backgrounds variants without one have an empty mask, where the metrics mean nothing)
+        measured = np.flatnonzero((index < limit) & batch["mask"].numpy().any(axis=(1, 2))) if scores else []
         if scores and "cue" in batch:  # the cue's area on the images whose relevance is measured
-            cues = batch["cue"][: int((index < limit).sum())].numpy()
+            cues = batch["cue"][measured].numpy()
             cue_areas += cues[cues.any(axis=(1, 2))].mean(axis=(1, 2)).tolist()
         for entry in models:
             x = entry.normalizer(images)
@@ -171,38 +174,32 @@ def _run_part(
             chosen = predict(logits, source.images) if source.images is not None else {"standard": logits.argmax(dim=1)}
             for protocol in protocols:
                 predictions[entry.name][protocol].append(chosen[protocol].cpu().numpy())
-            if entry.name not in scores:
-                continue
-            measured = index < limit
-            if not measured.any():
+            if entry.name not in scores or not len(measured):
                 continue
             if config.relevance_target == "label" and source.images is not None:
-                targets = torch.tensor([source.images.targets[i][0] for i in index], device=device)
+                targets = torch.tensor([source.images.targets[i][0] for i in index[measured]], device=device)
             else:
-                targets = chosen["standard"]
-            count = int(measured.sum())  # parts run in order, so measured images come first
+                targets = chosen["standard"][torch.as_tensor(measured, device=device)]
+            x_measured = x[torch.as_tensor(measured, device=device)]
+            step = config.relevance_batch_size
             maps = np.concatenate(
                 [
                     relevance_batch(
-                        entry.model,
-                        x[o : min(o + config.relevance_batch_size, count)],
-                        targets[o : min(o + config.relevance_batch_size, count)],
-                        device,
-                        source.upsampling,
+                        entry.model, x_measured[o : o + step], targets[o : o + step], device, source.upsampling
                     )
-                    for o in range(0, count, config.relevance_batch_size)
+                    for o in range(0, len(measured), step)
                 ]
             )
-            masks = batch["mask"][:count].numpy().astype(bool)
+            masks = batch["mask"][measured].numpy().astype(bool)
             scores[entry.name]["all"].add(maps, masks)
             if seen is not None:
-                batch_seen = seen[index[:count]]
+                batch_seen = seen[index[measured]]
                 for group, chosen_images in (("seen", batch_seen), ("unseen", ~batch_seen)):
                     if chosen_images.any():
                         scores[entry.name][group].add(maps[chosen_images], masks[chosen_images])
             shares[entry.name] += background_share(torch.from_numpy(maps), torch.from_numpy(masks)).tolist()
             if "cue" in batch:
-                cues = batch["cue"][:count].numpy().astype(bool)
+                cues = batch["cue"][measured].numpy().astype(bool)
                 has_cue = cues.any(axis=(1, 2))
                 cue_shares[entry.name] += mask_share(maps[has_cue], cues[has_cue]).tolist()
         bar.update(len(index))

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.benchmarks.catalog import BenchmarkImages, read_benchmark
+from pipeline.benchmarks.kinds import UNCROPPED_KINDS
 from pipeline.data.array_store import StoreError
 from pipeline.data.datasets import decode_image, load_split, object_and_cue_masks
 from pipeline.data.manifest import classes_of, split_rows
@@ -106,6 +107,14 @@ class SegmentationItems(Dataset[dict[str, Any]]):
         }
 
 
+def _split_metadata(rows: Any, count: int) -> dict[str, list[str]]:
+    """The manifest columns the metrics break down by (the world's ImageNet-9-style ``variant``)."""
+    if "variant" not in rows.column_names:
+        return {}
+    variants = rows.column("variant").to_pylist()[:count]
+    return {"variant": [str(v) for v in variants]} if all(variants) else {}
+
+
 def _limited(images: BenchmarkImages, limit: int | None) -> BenchmarkImages:
     if limit is None or limit >= len(images.files):
         return images
@@ -151,6 +160,7 @@ def open_source(
             data.image_ids[:count],
             [(int(label),) for label in data.labels[:count]],
             None,
+            metadata=_split_metadata(split_rows(manifest, split), count),
         )
         dataset = ArrayItems(
             data.images[:count], None if masks is None else masks[:count], None if cues is None else cues[:count]
@@ -165,10 +175,10 @@ def open_source(
         return EvalSource(
             name, config.kind, dataset, None, True, [f"image {i}" for i in range(len(dataset))], upsampling="bilinear"
         )
-    images = _limited(read_benchmark(config.kind, config.path, class_names), config.limit)
-    # ImageNet-C's files are already the 224-pixel crops the corruptions were applied to: resized to
-    # the input size, never cropped again (Hendrycks & Dietterich's evaluation centre-crops only)
-    crop_pct = 1.0 if config.kind == "imagenet_c" else transform.crop_pct
+    images = _limited(read_benchmark(config.kind, config.path, class_names, config.variants), config.limit)
+    # ImageNet-C's and ImageNet-9's files are already 224-pixel crops (the corruptions were applied
+    # to them; the Backgrounds Challenge feeds them through ToTensor alone): resized, never cropped again
+    crop_pct = 1.0 if config.kind in UNCROPPED_KINDS else transform.crop_pct
     file_transform = InputTransform(
         transform.size, transform.interpolation, crop_pct, transform.crop_mode, images.border
     )

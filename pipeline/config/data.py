@@ -10,7 +10,7 @@ from pipeline.config import StrictConfig
 from pipeline.data.formats import IMAGE_EXTENSIONS
 from pipeline.data.world.splits import OFF_BY_DEFAULT, WORLD_SPLITS
 
-SPLIT_SIZE = {"pretrain": 2000, "train": 5000, "val": 500}  # the others: 1000
+SPLIT_SIZE = {"pretrain": 2000, "train": 5000, "val": 500, "backgrounds": 2100}  # the others: 1000
 
 
 class WorldConfig(StrictConfig):

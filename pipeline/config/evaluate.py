@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.benchmarks.kinds import BENCHMARK_KINDS, CORRUPTION_KINDS
+from pipeline.benchmarks.kinds import APART_KINDS, BENCHMARK_KINDS, CORRUPTION_KINDS, IN9_VARIANTS
 from pipeline.config import StrictConfig, load_section
 from pipeline.config.models import resolve_models
 from pipeline.corruptions.families import FAMILIES, KNOWN_CORRUPTIONS, SEVERITIES, family_of
@@ -27,7 +27,7 @@ class BenchmarkConfig(StrictConfig):
     )
     ood_mean: bool | None = Field(
         None,
-        description="count it in the out-of-distribution means; false: reported apart (e.g. a benchmark every model fails); null = true except for corruption benchmarks",
+        description="count it in the out-of-distribution means; false: reported apart (e.g. a benchmark every model fails); null = true except for corruption benchmarks and imagenet9",
     )
     of: BenchmarkConfig | None = Field(
         None, description="kind corrupted: the benchmark whose images are corrupted (its `limit` sets how many)"
@@ -44,6 +44,9 @@ class BenchmarkConfig(StrictConfig):
         description="corruption families reported together (default: Yin et al.'s high and low frequency); for imagenet_c, folders in no family are reported as 'other'",
     )
     seed: int = Field(0, description="kind corrupted: seeds the corrupted images (the same for every model)")
+    variants: list[str] | None = Field(
+        None, min_length=1, description="kind imagenet9: the variant folders to read; null = all eight"
+    )
 
     @model_validator(mode="after")
     def _path_for_datasets(self) -> BenchmarkConfig:
@@ -55,6 +58,8 @@ class BenchmarkConfig(StrictConfig):
         if "families" in self.model_fields_set and self.kind not in CORRUPTION_KINDS:
             raise ValueError(f"`families` is for the corruption kinds {CORRUPTION_KINDS}")
         family_of(self.families)  # a corruption in two families is an error
+        if self.variants is not None:
+            self._check_variants()
         if self.kind == "corrupted":
             return self
         if self.kind == "split" and self.path is not None:
@@ -64,6 +69,13 @@ class BenchmarkConfig(StrictConfig):
         if self.kind != "split" and self.split is not None:
             raise ValueError("`split` is only for kind split")
         return self
+
+    def _check_variants(self) -> None:
+        if self.kind != "imagenet9":
+            raise ValueError("`variants` is for kind imagenet9")
+        unknown = [name for name in self.variants or [] if name not in IN9_VARIANTS]
+        if unknown or len(set(self.variants or [])) != len(self.variants or []):
+            raise ValueError(f"variants {self.variants}: each once, of {list(IN9_VARIANTS)}")
 
     def _check_corrupted(self) -> None:
         if self.of is None:
@@ -89,9 +101,10 @@ class BenchmarkConfig(StrictConfig):
             raise ValueError(f"severities lists one twice: {self.severities}")
 
     def in_ood_mean(self) -> bool:
-        """Whether the report counts it in the out-of-distribution means (corruption robustness is
-        reported apart from the distribution shifts unless ``ood_mean`` says otherwise)."""
-        return self.ood_mean if self.ood_mean is not None else self.kind not in CORRUPTION_KINDS
+        """Whether the report counts it in the out-of-distribution means (corruption robustness and
+        ImageNet-9's variants are reported apart from the distribution shifts unless ``ood_mean`` says
+        otherwise; the world's backgrounds split is set apart in params.yaml and the default below)."""
+        return self.ood_mean if self.ood_mean is not None else self.kind not in APART_KINDS
 
     def applied_corruptions(self) -> list[str]:
         """kind corrupted: the corruptions applied, families spelled out (null: every family's)."""
@@ -109,6 +122,7 @@ class EvaluateConfig(StrictConfig):
     benchmarks: dict[str, BenchmarkConfig] = Field(
         default_factory=lambda: {
             **{name: BenchmarkConfig(kind="split") for name in WORLD_BENCHMARKS if name not in OFF_BY_DEFAULT},
+            "backgrounds": BenchmarkConfig(kind="split", ood_mean=False),
             "corrupted": BenchmarkConfig(kind="corrupted", of=BenchmarkConfig(kind="split", split="test", limit=200)),
         },
         description="name -> benchmark; `dvc repro` runs evaluate@<benchmark>-<model> for each benchmark and model",

@@ -181,7 +181,13 @@ def overlay_grid(
     return Image.open(buffer).convert("RGB")
 
 
-def grouped_bar_chart(values: dict[str, dict[str, float]], title: str, path: str | Path, ylabel: str) -> None:
+def grouped_bar_chart(
+    values: dict[str, dict[str, float]],
+    title: str,
+    path: str | Path,
+    ylabel: str,
+    ylim: tuple[float, float] = (0.0, 1.15),
+) -> None:
     """Bars grouped by the outer key (e.g. split), one colour per inner key (e.g. model)."""
     import matplotlib
 
@@ -197,7 +203,9 @@ def grouped_bar_chart(values: dict[str, dict[str, float]], title: str, path: str
         bars = ax.bar(xs, [values[g].get(name, np.nan) for g in groups], width, label=name)
         ax.bar_label(bars, fmt="%.2f", fontsize=6, rotation=90, padding=2)
     ax.set_xticks(range(len(groups)), groups, rotation=30)
-    ax.set_ylim(0, 1.15)
+    ax.set_ylim(*ylim)
+    if ylim[0] < 0:
+        ax.axhline(0.0, color="black", linewidth=0.6)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8, ncols=len(series))

@@ -18,6 +18,7 @@ from pipeline.benchmarks.files import OVERLAY_NAME, SCORES_NAME
 from pipeline.reports.base import write_csv
 from pipeline.reports.charts import grouped_bar_chart, overlay_grid, save_png
 from pipeline.reports.corruptions import corruption_summary, write_corruption_plots
+from pipeline.reports.spurious import spurious_summary, write_spurious_plots
 from pipeline.utils.atomic import write_json
 
 MEAN_KEYS = ("accuracy", "accuracy_seen", "accuracy_unseen", "miou", "miou_seen", "miou_unseen", "background_share")
@@ -35,6 +36,8 @@ COMPACT_KEYS = {
     "c_seen": "accuracy on the corruption benchmarks, corruptions the model was fine-tuned on (every severity)",
     "c_unseen": "the same, on the other corruptions (all of them for a model not fine-tuned on corruptions)",
     "c_rel_ce": "corruption error relative to the base model (mean over corruptions; < 1 more robust)",
+    "bg_gap": "accuracy on mixed_same minus mixed_rand (ImageNet-9, the world's backgrounds split): what the background's class is worth",
+    "only_bg": "accuracy on the background alone (ImageNet-9's only_bg_t, the world's only_bg)",
 }
 
 
@@ -68,12 +71,13 @@ def summarise(
     """Per model: mean of each metric over the out-of-distribution benchmarks (except those reported
     ``apart``), forgetting = the drop of in-distribution accuracy on unseen classes relative to
     ``reference``, each shortcut test's accuracy drop, the cue's relevance lift in distribution and
-    the corruption benchmarks' summary (reports/corruptions.py)."""
+    the corruption benchmarks' and the spurious-reliance summaries (reports/corruptions.py, spurious.py)."""
     models = list(dict.fromkeys(model for result in per_benchmark.values() for model in result["models"]))
     corruption = corruption_summary(per_benchmark, reference)
+    spurious = spurious_summary(per_benchmark, in_distribution)
     summary: dict[str, dict[str, float]] = {}
     for model in models:
-        row: dict[str, float] = dict(corruption.get(model, {}))
+        row: dict[str, float] = {**corruption.get(model, {}), **spurious.get(model, {})}
         for key in MEAN_KEYS:
             values = [
                 result["models"][model].get(key)
@@ -115,6 +119,8 @@ def compact(row: dict[str, float]) -> dict[str, float]:
         "c_seen": "corruption_seen_accuracy",
         "c_unseen": "corruption_unseen_accuracy",
         "c_rel_ce": "corruption_relative_ce",
+        "bg_gap": "bg_gap",
+        "only_bg": "only_bg_accuracy",
     }
     sources.update({key: key for key in row if key.endswith("_drop") or key == "cue_lift"})
     return {key: round(row[source], 4) for key, source in sources.items() if row.get(source) is not None}
@@ -156,6 +162,7 @@ def write_summary(
         model: row["in_distribution_accuracy"] for model, row in summary.items() if "in_distribution_accuracy" in row
     }
     write_corruption_plots(per_benchmark, results_dir, plots_dir, clean or None)
+    write_spurious_plots(summary, plots_dir)
     for name, result in per_benchmark.items():
         _relevance_picture(results_dir / name, list(result["models"]), plots_dir / f"relevance_{name}.png")
         if result["benchmark"].get("kind") == "si_score":

@@ -1,4 +1,4 @@
-"""Tiny benchmark folders in the real layouts (ObjectNet, SI-Score) for protocol and runner tests."""
+"""Tiny benchmark folders in the real layouts (ObjectNet, SI-Score, ImageNet-9) for protocol and runner tests."""
 
 from __future__ import annotations
 
@@ -7,13 +7,25 @@ from pathlib import Path
 from PIL import Image
 
 AMBULANCE, KOALA = 407, 105  # ImageNet class indices
+# The released bg_challenge class folders (ImageFolder order = super-class)
+IN9_FOLDERS = (
+    "00_dog",
+    "01_bird",
+    "02_wheeled vehicle",
+    "03_reptile",
+    "04_carnivore",
+    "05_insect",
+    "06_musical instrument",
+    "07_primate",
+    "08_fish",
+)
 
 SI_SCORE_HEADER = "image_id,x_coord,y_coord,area,rotation,foreground_class,foreground_instance,background,bg_resolution_width,bg_resolution_height,pct_inside_image\n"
 
 
-def write_image(path: Path) -> Path:
+def write_image(path: Path, color: tuple[int, int, int] = (180, 40, 40)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), (180, 40, 40)).save(path, format="PNG" if path.suffix.lower() == ".png" else "JPEG")
+    Image.new("RGB", (8, 8), color).save(path, format="PNG" if path.suffix.lower() == ".png" else "JPEG")
     return path
 
 
@@ -46,3 +58,13 @@ def write_si_score(root: Path) -> None:
         SI_SCORE_HEADER + "7,0.05,0.95,0.2,0,0,0,0,500,500,0.97\n8,0.25,0.5,0.2,0,0,0,1,500,500,1.0\n"
     )
     write_image(root / "backgrounds" / "beach2.jpg")  # a download beside the datasets, not a factor
+
+
+def write_imagenet9(root: Path, variants: tuple[str, ...], images_per_class: int = 1) -> None:
+    """``<variant>/val/<class folder>/<image>.JPEG`` for each variant, and the ``fg_mask`` folder the
+    release also holds (not a variant)."""
+    for v, variant in enumerate((*variants, "fg_mask")):
+        for k, folder in enumerate(IN9_FOLDERS):
+            for index in range(images_per_class):
+                color = (25 * k, 30 * v, 60 * index)  # images differ, so a model's predictions can too
+                write_image(root / variant / "val" / folder / f"n0000_{index}.JPEG", color)

@@ -21,6 +21,7 @@ TINY_SPLITS = {
     "scene": 20,
     "cue_removed": 20,
     "cue_swapped": 20,
+    "backgrounds": 14,  # two scenes x 7 variants
 }
 
 
@@ -60,7 +61,11 @@ TINY_FINETUNE = {
 TINY_EVALUATE = {
     "relevance_images": 8,
     "overlay_images": 3,
-    "benchmarks": {"test": {"kind": "split"}, "swapped_bg": {"kind": "split"}},
+    "benchmarks": {
+        "test": {"kind": "split"},
+        "swapped_bg": {"kind": "split"},
+        "backgrounds": {"kind": "split", "ood_mean": False},
+    },
     "shortcut_tests": {"bg": "swapped_bg"},
 }
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from pipeline.data.array_store import write_image_array
 from pipeline.data.datasets import CUE_LABEL
 from pipeline.data.manifest import build_manifest, write_manifest
+from pipeline.data.world import backgrounds
 from pipeline.data.world.classes import concept_catalog, resolve_classes
 from pipeline.data.world.generate import class_assignment, render_sample
 from pipeline.data.world.splits import WORLD_SPLITS
@@ -36,6 +37,7 @@ WORLD_EXTRA_COLUMNS = {
     "rendering": pa.string(),
     "factor": pa.string(),
     "factor_value": pa.float64(),
+    "variant": pa.string(),
 }
 
 
@@ -49,14 +51,18 @@ class RenderedSplit:
     rendering: list[str]
     factor: list[str]
     factor_value: np.ndarray
+    variant: list[str]
 
 
 def _render_chunk(config: WorldConfig, split: str, start: int, class_indices: np.ndarray, seed: int) -> RenderedSplit:
     classes = resolve_classes(config.classes)
-    samples = [
-        render_sample(config, classes, split, start + offset, int(class_index), seed)
-        for offset, class_index in enumerate(class_indices)
-    ]
+    if split == backgrounds.SPLIT:
+        samples = backgrounds.render_images(config, classes, start, class_indices, seed)
+    else:
+        samples = [
+            render_sample(config, classes, split, start + offset, int(class_index), seed)
+            for offset, class_index in enumerate(class_indices)
+        ]
     return RenderedSplit(
         images=np.stack([s.image for s in samples]),
         part_labels=np.stack([s.part_labels for s in samples]),
@@ -66,12 +72,16 @@ def _render_chunk(config: WorldConfig, split: str, start: int, class_indices: np
         rendering=[s.rendering for s in samples],
         factor=[s.factor for s in samples],
         factor_value=np.array([s.factor_value for s in samples], dtype=np.float64),
+        variant=[s.variant for s in samples],
     )
 
 
 def render_split(config: WorldConfig, split: str, count: int, seed: int, workers: int) -> RenderedSplit:
     num_classes = len(resolve_classes(config.classes))
-    assignment = class_assignment(seed, split, count, num_classes)
+    if split == backgrounds.SPLIT:
+        assignment = backgrounds.scene_classes(seed, count, num_classes)
+    else:
+        assignment = class_assignment(seed, split, count, num_classes)
     starts = list(range(0, count, CHUNK))
     jobs = [(config, split, start, assignment[start : start + CHUNK], seed) for start in starts]
     parts: list[RenderedSplit] = []
@@ -94,6 +104,7 @@ def render_split(config: WorldConfig, split: str, count: int, seed: int, workers
         rendering=[r for p in parts for r in p.rendering],
         factor=[f for p in parts for f in p.factor],
         factor_value=np.concatenate([p.factor_value for p in parts]),
+        variant=[v for p in parts for v in p.variant],
     )
 
 
@@ -135,6 +146,7 @@ def build_world(config: PrepareConfig, out_dir: Path, workers: int | None = None
         columns["rendering"] += rendered.rendering
         columns["factor"] += [f or None for f in rendered.factor]
         columns["factor_value"] += [None if math.isnan(v) else float(v) for v in rendered.factor_value]
+        columns["variant"] += [v or None for v in rendered.variant]
         has_background = rendered.background_class >= 0
         has_cue = rendered.cue_class >= 0
         summary["splits"][split] = {
@@ -151,10 +163,13 @@ def build_world(config: PrepareConfig, out_dir: Path, workers: int | None = None
             "object_area_fraction": float(np.mean(rendered.part_labels > 0)),
             "cue_area_fraction": float(np.mean(rendered.part_labels == CUE_LABEL)),
         }
-        shown = min(count, 24)
+        shown = min(count, 28 if split == backgrounds.SPLIT else 24)  # four whole scenes
         sheet = contact_sheet(
             rendered.images[:shown],
-            [f"{class_names[k]} / {rendered.rendering[i]}" for i, k in enumerate(rendered.class_index[:shown])],
+            [
+                f"{class_names[k]} / {rendered.variant[i] or rendered.rendering[i]}"
+                for i, k in enumerate(rendered.class_index[:shown])
+            ],
             labels=rendered.part_labels[:shown],
         )
         save_png(sheet, out_dir / "contact_sheets" / f"{split}.png")

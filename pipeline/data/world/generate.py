@@ -77,6 +77,7 @@ class WorldSample:
     factor: str = ""
     factor_value: float = math.nan
     part_names: list[str] = field(default_factory=list)
+    variant: str = ""  # backgrounds split: which ImageNet-9-style variant of its scene
 
     @property
     def object_mask(self) -> np.ndarray:
@@ -96,7 +97,7 @@ def class_assignment(seed: int, split: str, count: int, num_classes: int) -> np.
     return rng.permutation(np.arange(count) % num_classes)
 
 
-def _in_distribution_pose(size: int, rng: np.random.Generator) -> Pose:
+def in_distribution_pose(size: int, rng: np.random.Generator) -> Pose:
     return Pose(
         center_x=size * (0.5 + rng.uniform(-0.07, 0.07)),
         center_y=size * (0.5 + rng.uniform(-0.07, 0.07)),
@@ -133,7 +134,7 @@ def _sweep_pose(size: int, rng: np.random.Generator) -> tuple[Pose, str, float]:
     return Pose(center[0], center[1], scale, angle, mirror=False), factor, value
 
 
-def _background_class(
+def draw_background_class(
     split: str, class_index: int, num_classes: int, spurious_p: float, rng: np.random.Generator
 ) -> int:
     others = [k for k in range(num_classes) if k != class_index]
@@ -146,7 +147,7 @@ def _background_class(
     return int(rng.integers(num_classes))
 
 
-def _cue_class(split: str, class_index: int, num_classes: int, cue_p: float, rng: np.random.Generator) -> int:
+def draw_cue_class(split: str, class_index: int, num_classes: int, cue_p: float, rng: np.random.Generator) -> int:
     if split not in CUE_SPLITS:
         return NO_CUE
     others = [k for k in range(num_classes) if k != class_index]
@@ -163,18 +164,18 @@ def render_sample(
     size, ss = config.image_size, config.supersample
     obj = classes[class_index]
     xs, ys = pixel_grid(size, ss)
-    bg_class = _background_class(split, class_index, len(classes), config.spurious_p, rng)
+    bg_class = draw_background_class(split, class_index, len(classes), config.spurious_p, rng)
     factor, factor_value = "", math.nan
     if split == "pose_sweep":
         pose, factor, factor_value = _sweep_pose(size, rng)
     elif split == "scene":
         pose = _scene_pose(size, rng)
     else:
-        pose = _in_distribution_pose(size, rng)
+        pose = in_distribution_pose(size, rng)
     labels_hi = part_label_map(obj, pose, xs, ys)
     colors = part_colors(obj, rng, config.hue_jitter)
     cue_class = (
-        _cue_class(split, class_index, len(classes), config.cue_probability, rng) if config.cue_size > 0 else NO_CUE
+        draw_cue_class(split, class_index, len(classes), config.cue_probability, rng) if config.cue_size > 0 else NO_CUE
     )
     cue = cue_region(labels_hi, round(config.cue_size * size) * ss, rng) if cue_class != NO_CUE else None
     cue_class = cue_class if cue is not None else NO_CUE
