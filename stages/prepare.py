@@ -24,7 +24,7 @@ def prepare(
         0, help="rendering processes (world) or decoding threads (image folder); 0 = automatic"
     ),
 ) -> None:
-    """Build the dataset: the built-in world (`data.source: world`) or an image folder (`imagefolder`)."""
+    """Build the dataset: the built-in world (`data.source: world`), an image folder (`imagefolder`) or Waterbirds."""
     with user_errors():
         config = load_section(params, "data", PrepareConfig)
         check_declared(
@@ -32,8 +32,8 @@ def prepare(
         )
         from pipeline.data.subset import SUBSET_NAME, write_subset
 
-        if config.source == "imagefolder":
-            chosen, metrics_row, lines = _imagefolder(config, out, workers)
+        if config.source in ("imagefolder", "waterbirds"):
+            chosen, metrics_row, lines = _files(config, out, workers)
         else:
             chosen, metrics_row, lines = _world(config, out, workers)
         with atomic_directory(subset) as staging:
@@ -67,13 +67,21 @@ def _world(config: PrepareConfig, out: Path, workers: int) -> tuple[Any, dict[st
     return chosen, {"splits": summary["splits"]}, [f"prepared {out}: {len(summary['classes'])} classes; {counts}"]
 
 
-def _imagefolder(config: PrepareConfig, out: Path, workers: int) -> tuple[Any, dict[str, Any], list[str]]:
-    from pipeline.data.imagefolder import select_imagefolder, write_imagefolder
+def _files(config: PrepareConfig, out: Path, workers: int) -> tuple[Any, dict[str, Any], list[str]]:
+    from pipeline.data.selection import write_selection
 
-    assert config.imagefolder is not None  # the config validator requires it
-    manifest, chosen, report = select_imagefolder(config.imagefolder, config.subset, out, workers or None)
+    if config.source == "waterbirds":
+        from pipeline.data.waterbirds import select_waterbirds
+
+        assert config.waterbirds is not None  # the config validator requires it
+        manifest, chosen, report = select_waterbirds(config.waterbirds, config.subset, out, workers or None)
+    else:
+        from pipeline.data.imagefolder import select_imagefolder
+
+        assert config.imagefolder is not None  # the config validator requires it
+        manifest, chosen, report = select_imagefolder(config.imagefolder, config.subset, out, workers or None)
     with atomic_directory(out) as staging:
-        write_imagefolder(staging, manifest, report)
+        write_selection(staging, manifest, report)
     replaced = sum(report["replaced"].values())
     lines = [
         f"prepared {out}: {report['classes']} classes from {report['root']}; {report['finetune_images']} fine-tuning and "
@@ -81,4 +89,4 @@ def _imagefolder(config: PrepareConfig, out: Path, workers: int) -> tuple[Any, d
         f"checked {report['checked']} files: {replaced} replaced {report['replaced']}, kept and read as RGB {report['converted']} (details: {out}/report.json)",
     ]
     keys = ("classes", "seen_classes", "finetune_images", "val_images", "checked", "replaced", "converted")
-    return chosen, {"imagefolder": {key: report[key] for key in keys}}, lines
+    return chosen, {config.source: {key: report[key] for key in keys}}, lines

@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 
 from pipeline.config.data import ImageFolderConfig, SubsetConfig
 from pipeline.data.datasets import load_image_list
-from pipeline.data.imagefolder import ImageFolderError, check_image, select_imagefolder, write_imagefolder
+from pipeline.data.imagefolder import ImageFolderError, select_imagefolder
 from pipeline.data.manifest import MANIFEST_NAME, classes_of, read_manifest, readable_names_of
+from pipeline.data.selection import check_image, write_selection
 from pipeline.data.subset import SUBSET_NAME, SubsetError, read_subset
 from stages.cli import app
 
@@ -385,7 +386,7 @@ def test_relative_root_is_stored_relative_to_the_manifest(tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path)
     out = Path("data") / "prepared"
     manifest, _, report = select(Path("photos"), out)
-    write_imagefolder(out, manifest, report)
+    write_selection(out, manifest, report)
 
     written = read_manifest(tmp_path / out / MANIFEST_NAME)
     sources = written.column("source").to_pylist()

@@ -25,7 +25,15 @@ from pipeline.masks.store import ImageMasks, write_mask_store
 from pipeline.models.factory import load_model_artifact
 from pipeline.utils.device import Normalizer
 from stages.cli import app
-from tests.helpers.benchmark_files import IN9_FOLDERS, write_imagenet9, write_objectnet, write_si_score
+from tests.helpers.benchmark_files import (
+    AMBULANCE,
+    IN9_FOLDERS,
+    KOALA,
+    write_hard_imagenet,
+    write_imagenet9,
+    write_objectnet,
+    write_si_score,
+)
 
 MODEL = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 SMALL = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
@@ -57,6 +65,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_objectnet(root / "objectnet-1.0")
     write_si_score(root / "si-score")
     write_imagenet9(root / "bg_challenge", IN9_VARIANTS)
+    wnids = {index: imagenet_classes()[index] for index in (AMBULANCE, KOALA)}
+    write_hard_imagenet(root / "hard_imagenet", root / "imagenet", wnids, "train")  # masks of the train images
     params = {
         "data": {
             "source": "imagefolder",
@@ -90,6 +100,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "objectnet": {"kind": "objectnet", "path": "objectnet-1.0"},
                 "si_score": {"kind": "si_score", "path": "si-score"},
                 "imagenet9": {"kind": "imagenet9", "path": "bg_challenge"},
+                "hard_imagenet": {
+                    "kind": "hard_imagenet",
+                    "path": "hard_imagenet",
+                    "imagenet": "imagenet",
+                    "split": "train",
+                },
             },
             "in_distribution": None,
             "batch_size": 4,
@@ -167,7 +183,7 @@ def test_finetune_reads_image_files_and_aligns_concept_masks(prepared: Path) -> 
     assert (prepared / "plots/finetune/cft/relevance.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("benchmark", ["imagenet_a", "objectnet", "si_score", "imagenet9"])
+@pytest.mark.parametrize("benchmark", ["imagenet_a", "objectnet", "si_score", "imagenet9", "hard_imagenet"])
 def test_evaluate_each_benchmark(prepared: Path, benchmark: str) -> None:
     if not (prepared / "models/plain").exists():
         pytest.skip("needs the fine-tuned models of the previous test")
@@ -191,6 +207,10 @@ def test_evaluate_each_benchmark(prepared: Path, benchmark: str) -> None:
     if benchmark == "imagenet9":
         assert base["images"] == 8 * 9 and "in_to_in9.json" in info["protocols"]["standard"]
         assert {"bg_gap", "only_bg_accuracy", "accuracy_only_bg_b", "accuracy_mixed_next"} <= set(base)
+    if benchmark == "hard_imagenet":
+        assert base["images"] == 2 * 2 * 4  # 2 classes x 2 images, as they are and under 3 ablations
+        assert {"accuracy_none", "accuracy_blur", "ablation_drop", "miou", "background_share"} <= set(base)
+        assert (prepared / "results/evaluate/hard_imagenet/base/overlay.npz").is_file()
 
 
 def test_imagenet9_predictions_follow_the_backgrounds_challenge(prepared: Path) -> None:
@@ -265,6 +285,12 @@ def test_report_puts_the_benchmarks_side_by_side(prepared: Path) -> None:
     imagenet9 = json.loads((prepared / "results/evaluate/imagenet9/cft/scores.json").read_text())["scores"]
     assert compact["bg_gap"] == pytest.approx(imagenet9["bg_gap"], abs=1e-4)
     assert (prepared / "plots/summary/spurious.png").stat().st_size > 0
+    hard = json.loads((prepared / "results/evaluate/hard_imagenet/cft/scores.json").read_text())["scores"]
+    spurious = (prepared / "plots/summary/spurious.csv").read_text().splitlines()
+    header, cft_row = spurious[0].split(","), next(line for line in spurious if line.startswith("cft,")).split(",")
+    row = dict(zip(header, cft_row, strict=True))
+    assert float(row["foreground_share"]) == pytest.approx(1 - hard["background_share"], abs=1e-6)
+    assert float(row["ablation_drop"]) == pytest.approx(hard["ablation_drop"], abs=1e-6)
 
 
 def test_masks_of_images_of_several_sizes_need_a_resolution_before_models_load(

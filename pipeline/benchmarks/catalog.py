@@ -90,6 +90,7 @@ class BenchmarkImages:
     border: int = 0
     metadata: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
+    group_weights: dict[str, float] = field(default_factory=dict)  # Waterbirds: each group's share of train
 
     def __post_init__(self) -> None:
         if len(self.targets) != len(self.files) or any(
@@ -112,10 +113,20 @@ class BenchmarkImages:
 
 
 def read_benchmark(
-    kind: str, root: str | Path, class_names: list[str], variants: list[str] | None = None
+    kind: str,
+    root: str | Path,
+    class_names: list[str],
+    *,
+    variants: list[str] | None = None,
+    split: str | None = None,
+    imagenet: str | Path | None = None,
+    ablations: list[str] | None = None,
 ) -> BenchmarkImages:
-    """List ``root``'s images in ``kind``'s layout, with targets as indices into ``class_names``
-    (``variants``: ImageNet-9's variant folders to read, all by default)."""
+    """List ``root``'s images in ``kind``'s layout, with targets as indices into ``class_names``.
+
+    Kind options: ``variants`` (ImageNet-9's variant folders, all by default), ``split`` (Waterbirds',
+    Hard ImageNet's), ``imagenet`` (Hard ImageNet: the ImageNet folder its images come from) and
+    ``ablations`` (Hard ImageNet's, all by default)."""
     if kind not in KINDS:
         raise BenchmarkError(f"{root}: unknown benchmark kind {kind!r}; known kinds: {', '.join(KINDS)}")
     root = Path(root)
@@ -129,6 +140,16 @@ def read_benchmark(
         from pipeline.benchmarks.backgrounds import read_imagenet9
 
         return read_imagenet9(root, class_names, variants)
+    if kind == "waterbirds":
+        from pipeline.benchmarks.waterbirds import read_waterbirds
+
+        return read_waterbirds(root, class_names, split)
+    if kind == "hard_imagenet":
+        from pipeline.benchmarks.hard_imagenet import ABLATIONS, read_hard_imagenet
+
+        if imagenet is None:
+            raise BenchmarkError(f"{root}: kind hard_imagenet needs `imagenet`, the ImageNet folder of its images")
+        return read_hard_imagenet(root, Path(imagenet), class_names, split, ablations or ABLATIONS)
     _require_imagenet_classifier(kind, class_names)
     if kind == "imagenet_v2":
         folders = {str(index): (index,) for index in range(1000)}

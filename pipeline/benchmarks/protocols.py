@@ -28,6 +28,8 @@ from pipeline.benchmarks.catalog import (
     imagenet_subset,
     objectnet_class_targets,
 )
+from pipeline.benchmarks.hard_imagenet import ablation_metrics
+from pipeline.benchmarks.waterbirds import group_metrics
 
 STANDARD = "standard"
 REFERENCE = "reference"
@@ -70,6 +72,16 @@ def _standard_description(kind: str, subset_size: int | None, border: int = 0, m
         )
     if kind == "imagenet9":
         return f"argmax over the model's 9 super-classes; {_VARIANTS}"
+    if kind == "waterbirds":
+        return (
+            "argmax over the model's classes (landbird, waterbird); accuracy per group (bird x background), "
+            "worst-group accuracy, group accuracies weighted by the train split's group sizes"
+        )
+    if kind == "hard_imagenet":
+        return (
+            "argmax over all the model's classes; accuracy as is and with the object ablated (gray, gray_bbox, blur), "
+            "ablation_drop; relevance vs the object mask on the images as they are"
+        )
     return "argmax over all the model's classes"
 
 
@@ -177,6 +189,10 @@ def benchmark_metrics(
                     metrics[f"{prefix}accuracy_{factor}_value_mean"] = round(float(np.mean(per_value)), 6)
         if "variant" in benchmark.metadata:
             metrics |= variant_metrics(benchmark.metadata["variant"], right, groups, prefix)
+        if "group" in benchmark.metadata:
+            metrics |= group_metrics(benchmark.metadata["group"], right, benchmark.group_weights, prefix)
+        if "ablation" in benchmark.metadata:
+            metrics |= ablation_metrics(benchmark.metadata["ablation"], right, prefix)
     metrics["images"] = len(benchmark.files)
     if seen_classes is not None:
         metrics |= {
@@ -263,6 +279,16 @@ def _protocol_table() -> list[dict[str, str]]:
             "kind": "imagenet9",
             "class_subset": f"9 super-classes = {sum(map(len, superclass_targets()))} ImageNet classes (in_to_in9.json), or a 9-class model's own",
             "mapping": "<variant>/val/<class folder>/<image>; sorted folder position = super-class; images used at their size",
+        },
+        {
+            "kind": "waterbirds",
+            "class_subset": "the model's landbird and waterbird classes",
+            "mapping": "metadata.csv: img_filename, y (0 landbird, 1 waterbird), place (0 land, 1 water), split (0/1/2); group = 2y + place",
+        },
+        {
+            "kind": "hard_imagenet",
+            "class_subset": "15 ImageNet classes (meta/hard_imagenet_idx.pkl)",
+            "mapping": "<split>/<wnid>_<file> mask -> <ImageNet>/<split>/<wnid>/<file> image; wnid = the model's class",
         },
     ]
     subsets = {**subset_sizes, "objectnet": objectnet_imagenet}

@@ -1,11 +1,14 @@
 """What an evaluation iterates: a benchmark's images at the model's input size, with masks when it has them.
 
-Four kinds of source share one item format, so one runner serves them all:
+Five kinds of source share one item format, so one runner serves them all:
 
 * ``split``: a split of the prepared dataset (the world's out-of-distribution splits), held in
   memory, with the object masks when the dataset is part-annotated;
-* image-file benchmarks (ImageNet val/V2/A/R/Sketch, ObjectNet, SI-Score): decoded in DataLoader
-  worker processes and passed through the model's own transform (ObjectNet's frame trimmed first);
+* image-file benchmarks (ImageNet val/V2/A/R/Sketch, ObjectNet, SI-Score, ImageNet-9, Waterbirds):
+  decoded in DataLoader worker processes and passed through the model's own transform (ObjectNet's
+  frame trimmed first);
+* ``hard_imagenet``: ImageNet images with their object masks, as they are and with the object
+  ablated (hard_imagenet.py);
 * ``corrupted``: another source's images, each under every (corruption, severity) pair (corrupted.py);
 * ``imagenet_segmentation``: the images and object masks of ``gtsegs_ijcv.mat``, resized square as
   in the segmentation protocol.
@@ -107,6 +110,16 @@ class SegmentationItems(Dataset[dict[str, Any]]):
         }
 
 
+def _limited_per_ablation(images: BenchmarkImages, limit: int | None) -> BenchmarkImages:
+    """Hard ImageNet: ``limit`` images, each under every ablation (the same images for each)."""
+    ablations = list(dict.fromkeys(images.metadata["ablation"]))
+    per = len(images.files) // len(ablations)
+    if limit is None or limit >= per:
+        return images
+    chosen = np.linspace(0, per - 1, limit).round().astype(int)
+    return images.take([block * per + int(i) for block in range(len(ablations)) for i in chosen])
+
+
 def _split_metadata(rows: Any, count: int) -> dict[str, list[str]]:
     """The manifest columns the metrics break down by (the world's ImageNet-9-style ``variant``)."""
     if "variant" not in rows.column_names:
@@ -175,7 +188,22 @@ def open_source(
         return EvalSource(
             name, config.kind, dataset, None, True, [f"image {i}" for i in range(len(dataset))], upsampling="bilinear"
         )
-    images = _limited(read_benchmark(config.kind, config.path, class_names, config.variants), config.limit)
+    images = read_benchmark(
+        config.kind,
+        config.path,
+        class_names,
+        variants=config.variants,
+        split=config.split,
+        imagenet=config.imagenet,
+        ablations=config.ablations,
+    )
+    if config.kind == "hard_imagenet":
+        from pipeline.benchmarks.hard_imagenet import HardImageNetItems
+
+        images = _limited_per_ablation(images, config.limit)
+        captions = [class_names[targets[0]] for targets in images.targets]
+        return EvalSource(name, config.kind, HardImageNetItems(images, transform), images, True, captions)
+    images = _limited(images, config.limit)
     # ImageNet-C's and ImageNet-9's files are already 224-pixel crops (the corruptions were applied
     # to them; the Backgrounds Challenge feeds them through ToTensor alone): resized, never cropped again
     crop_pct = 1.0 if config.kind in UNCROPPED_KINDS else transform.crop_pct

@@ -92,17 +92,27 @@ class ImageFolderConfig(StrictConfig):
     min_side: int = Field(32, ge=1, description="images with a shorter side are replaced (reported as tiny)")
 
 
+class WaterbirdsConfig(StrictConfig):
+    """Waterbirds' released folder: fine-tuning images from its train split, validation from val."""
+
+    root: str = Field(description="waterbird_complete95_forest2water2/ (metadata.csv and the species folders)")
+    min_side: int = Field(32, ge=1, description="images with a shorter side are replaced (reported as tiny)")
+
+
 class PrepareConfig(StrictConfig):
     """``data`` section: where the images come from, and the fine-tuning subset."""
 
-    source: Literal["world", "imagefolder"] = "world"
+    source: Literal["world", "imagefolder", "waterbirds"] = "world"
     seed: int = Field(0, ge=0)
     world: WorldConfig = Field(default_factory=WorldConfig)
     imagefolder: ImageFolderConfig | None = Field(None, description="used with source: imagefolder")
+    waterbirds: WaterbirdsConfig | None = Field(None, description="used with source: waterbirds")
     subset: SubsetConfig = Field(default_factory=SubsetConfig)
 
     @model_validator(mode="after")
-    def _imagefolder_needs_root(self) -> PrepareConfig:
+    def _sources_need_a_root(self) -> PrepareConfig:
         if self.source == "imagefolder" and self.imagefolder is None:
             raise ValueError("source imagefolder needs data.imagefolder.root (docs/real-data.md)")
+        if self.source == "waterbirds" and self.waterbirds is None:
+            raise ValueError("source waterbirds needs data.waterbirds.root (docs/real-data.md)")
         return self

@@ -7,7 +7,14 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.benchmarks.kinds import APART_KINDS, BENCHMARK_KINDS, CORRUPTION_KINDS, IN9_VARIANTS
+from pipeline.benchmarks.kinds import (
+    APART_KINDS,
+    BENCHMARK_KINDS,
+    CORRUPTION_KINDS,
+    HARD_IMAGENET_ABLATIONS,
+    IN9_VARIANTS,
+    SPLIT_KINDS,
+)
 from pipeline.config import StrictConfig, load_section
 from pipeline.config.models import resolve_models
 from pipeline.corruptions.families import FAMILIES, KNOWN_CORRUPTIONS, SEVERITIES, family_of
@@ -21,7 +28,10 @@ class BenchmarkConfig(StrictConfig):
         description="split: a split of the prepared dataset; corrupted: the benchmark `of` through ImageNet-C corruptions; the others: a dataset at `path` in its own layout"
     )
     path: str | None = Field(None, description="the benchmark's folder (gtsegs_ijcv.mat for imagenet_segmentation)")
-    split: str | None = Field(None, description="kind split: the manifest split; null = the benchmark's name")
+    split: str | None = Field(
+        None,
+        description="kind split: the manifest split (null = the benchmark's name); waterbirds: train, val or test (null = test); hard_imagenet: train or val (null = val)",
+    )
     limit: int | None = Field(
         None, ge=1, description="evaluate this many images, spread evenly over the benchmark (a quick look)"
     )
@@ -47,6 +57,14 @@ class BenchmarkConfig(StrictConfig):
     variants: list[str] | None = Field(
         None, min_length=1, description="kind imagenet9: the variant folders to read; null = all eight"
     )
+    imagenet: str | None = Field(
+        None, description="kind hard_imagenet: the ImageNet folder holding <split>/<wnid>/<image> (its images)"
+    )
+    ablations: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="kind hard_imagenet: ablations besides the image as it is; null = gray, gray_bbox, blur",
+    )
 
     @model_validator(mode="after")
     def _path_for_datasets(self) -> BenchmarkConfig:
@@ -60,15 +78,30 @@ class BenchmarkConfig(StrictConfig):
         family_of(self.families)  # a corruption in two families is an error
         if self.variants is not None:
             self._check_variants()
+        self._check_hard_imagenet()
         if self.kind == "corrupted":
             return self
         if self.kind == "split" and self.path is not None:
             raise ValueError("kind split reads the prepared dataset; `path` is for benchmarks on disk")
         if self.kind != "split" and self.path is None:
             raise ValueError(f"kind {self.kind} needs `path` (docs/real-data.md)")
-        if self.kind != "split" and self.split is not None:
-            raise ValueError("`split` is only for kind split")
+        if self.split is not None and self.kind not in SPLIT_KINDS:
+            raise ValueError(f"`split` is only for the kinds {list(SPLIT_KINDS)}")
+        allowed = SPLIT_KINDS.get(self.kind)
+        if self.split is not None and allowed is not None and self.split not in allowed:
+            raise ValueError(f"kind {self.kind}: split {self.split!r} is not one of {list(allowed)}")
         return self
+
+    def _check_hard_imagenet(self) -> None:
+        if self.kind != "hard_imagenet":
+            if self.imagenet is not None or self.ablations is not None:
+                raise ValueError("`imagenet` and `ablations` are for kind hard_imagenet")
+            return
+        if self.imagenet is None:
+            raise ValueError("kind hard_imagenet needs `imagenet`: the ImageNet folder holding <split>/<wnid>/<image>")
+        wrong = [name for name in self.ablations or [] if name not in HARD_IMAGENET_ABLATIONS]
+        if wrong or len(set(self.ablations or [])) != len(self.ablations or []):
+            raise ValueError(f"ablations {self.ablations}: each once, of {list(HARD_IMAGENET_ABLATIONS)}")
 
     def _check_variants(self) -> None:
         if self.kind != "imagenet9":
@@ -82,7 +115,7 @@ class BenchmarkConfig(StrictConfig):
             raise ValueError(
                 "kind corrupted needs `of`, the benchmark to corrupt (e.g. of: {kind: split, split: test})"
             )
-        if self.of.kind in (*CORRUPTION_KINDS, "imagenet_segmentation"):
+        if self.of.kind in (*CORRUPTION_KINDS, "imagenet_segmentation", "hard_imagenet"):
             raise ValueError(f"kind corrupted cannot corrupt kind {self.of.kind}")
         if self.path is not None or self.split is not None or self.limit is not None:
             raise ValueError("kind corrupted takes `path`, `split` and `limit` from `of` (set them there)")

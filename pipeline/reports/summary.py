@@ -38,6 +38,7 @@ COMPACT_KEYS = {
     "c_rel_ce": "corruption error relative to the base model (mean over corruptions; < 1 more robust)",
     "bg_gap": "accuracy on mixed_same minus mixed_rand (ImageNet-9, the world's backgrounds split): what the background's class is worth",
     "only_bg": "accuracy on the background alone (ImageNet-9's only_bg_t, the world's only_bg)",
+    "wg_acc": "Waterbirds: worst-group accuracy",
 }
 
 
@@ -121,6 +122,7 @@ def compact(row: dict[str, float]) -> dict[str, float]:
         "c_rel_ce": "corruption_relative_ce",
         "bg_gap": "bg_gap",
         "only_bg": "only_bg_accuracy",
+        "wg_acc": "worst_group_accuracy",
     }
     sources.update({key: key for key in row if key.endswith("_drop") or key == "cue_lift"})
     return {key: round(row[source], 4) for key, source in sources.items() if row.get(source) is not None}

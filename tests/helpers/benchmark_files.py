@@ -68,3 +68,39 @@ def write_imagenet9(root: Path, variants: tuple[str, ...], images_per_class: int
             for index in range(images_per_class):
                 color = (25 * k, 30 * v, 60 * index)  # images differ, so a model's predictions can too
                 write_image(root / variant / "val" / folder / f"n0000_{index}.JPEG", color)
+
+
+def write_waterbirds(root: Path, rows: list[tuple[str, int, int, int]]) -> None:
+    """``metadata.csv`` (img_id, img_filename, y, split, place) and an image per row; rows are
+    (file, y, split, place)."""
+    lines = ["img_id,img_filename,y,split,place,place_filename"]
+    for number, (file, y, split, place) in enumerate(rows, start=1):
+        write_image(root / file, (40 * y, 90, 200 * place))
+        lines.append(f"{number},{file},{y},{split},{place},/b/bamboo_forest/00000{number}.jpg")
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+
+
+def write_hard_imagenet(root: Path, imagenet: Path, wnids: dict[int, str], split: str, per_class: int = 2) -> None:
+    """``meta/idx_to_wnid.pkl``, ``meta/hard_imagenet_idx.pkl`` (the indices of ``wnids``) and, per
+    class, ``per_class`` images ``<imagenet>/<split>/<wnid>/<file>`` (unless there) with their masks
+    ``<root>/<split>/<wnid>_<file>`` (a centred square)."""
+    import pickle
+
+    import numpy as np
+
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    (root / "meta" / "idx_to_wnid.pkl").write_bytes(pickle.dumps(dict(wnids)))
+    (root / "meta" / "hard_imagenet_idx.pkl").write_bytes(pickle.dumps(list(wnids)))
+    (root / split).mkdir(parents=True, exist_ok=True)
+    for wnid in wnids.values():
+        folder = imagenet / split / wnid
+        existing = sorted(folder.glob("*.JPEG")) if folder.is_dir() else []
+        names = [path.name for path in existing[:per_class]]
+        for index in range(len(names), per_class):
+            names.append(write_image(folder / f"{wnid}_{index}.JPEG", (30 * index, 120, 60)).name)
+        for name in names:
+            with Image.open(folder / name) as image:
+                width, height = image.size
+            mask = np.zeros((height, width), dtype=np.uint8)
+            mask[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 255
+            Image.fromarray(mask).save(root / split / f"{wnid}_{name}", format="PNG")
