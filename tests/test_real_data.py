@@ -15,7 +15,6 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
 from pipeline.benchmarks.catalog import imagenet_subset
 from pipeline.benchmarks.kinds import IN9_VARIANTS
@@ -24,7 +23,6 @@ from pipeline.data.preprocess import InputTransform
 from pipeline.masks.store import ImageMasks, write_mask_store
 from pipeline.models.factory import load_model_artifact
 from pipeline.utils.device import Normalizer
-from stages.cli import app
 from tests.helpers.benchmark_files import (
     AMBULANCE,
     IN9_FOLDERS,
@@ -34,10 +32,10 @@ from tests.helpers.benchmark_files import (
     write_objectnet,
     write_si_score,
 )
+from tests.helpers.project import finetune_outputs, invoke_cft
 
 MODEL = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 SMALL = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
-runner = CliRunner()
 
 
 def photo(rng: np.random.Generator, height: int, width: int) -> Image.Image:
@@ -117,23 +115,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def invoke(project: Path, *args: str) -> str:
-    import os
-
-    previous = os.getcwd()
-    os.chdir(project)
-    try:
-        result = runner.invoke(app, [*args, "--params", "params.yaml"])
-    finally:
-        os.chdir(previous)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 @pytest.fixture(scope="module")
 def prepared(project: Path) -> Path:
-    invoke(project, "prepare")
-    invoke(project, "base")
+    invoke_cft(project, "prepare")
+    invoke_cft(project, "base")
     return project
 
 
@@ -163,21 +148,7 @@ def test_finetune_reads_image_files_and_aligns_concept_masks(prepared: Path) -> 
         results.append(ImageMasks(image_id, class_name, ["head", "wings"], masks, missing=[False, False]))
     write_mask_store(prepared / "data/masks", results, (16, 16), "test")
     for method in ("cft", "plain"):
-        invoke(
-            prepared,
-            "finetune",
-            method,
-            "--out",
-            f"models/{method}",
-            "--checkpoints",
-            f"checkpoints/finetune/{method}",
-            "--metrics",
-            f"metrics/finetune/{method}.json",
-            "--plots",
-            f"plots/finetune/{method}",
-            "--masks",
-            "data/masks",
-        )
+        invoke_cft(prepared, "finetune", method, *finetune_outputs(method), "--masks", "data/masks")
     _, spec = load_model_artifact(prepared / "models/cft")
     assert spec["finetune"]["method"] == "cft" and len(spec["finetune"]["seen_classes"]) == 5
     assert (prepared / "plots/finetune/cft/relevance.png").stat().st_size > 0
@@ -187,7 +158,7 @@ def test_finetune_reads_image_files_and_aligns_concept_masks(prepared: Path) -> 
 def test_evaluate_each_benchmark(prepared: Path, benchmark: str) -> None:
     if not (prepared / "models/plain").exists():
         pytest.skip("needs the fine-tuned models of the previous test")
-    output = invoke(prepared, "evaluate", benchmark, "base", "cft", "plain")
+    output = invoke_cft(prepared, "evaluate", benchmark, "base", "cft", "plain")
     assert f"{benchmark} / cft: accuracy" in output
     saved = {
         model: json.loads((prepared / f"results/evaluate/{benchmark}/{model}/scores.json").read_text())
@@ -270,7 +241,7 @@ def test_objectnet_predictions_follow_the_protocol(prepared: Path) -> None:
 def test_report_puts_the_benchmarks_side_by_side(prepared: Path) -> None:
     if not (prepared / "results/evaluate/si_score/plain").exists():
         pytest.skip("needs the evaluations of the previous tests")
-    invoke(prepared, "report")
+    invoke_cft(prepared, "report")
     accuracies = [
         json.loads((prepared / f"results/evaluate/{name}/cft/scores.json").read_text())["scores"]["accuracy"]
         for name in ("imagenet_a", "objectnet", "si_score")

@@ -21,6 +21,7 @@ from pipeline.config.evaluate import BenchmarkConfig
 from pipeline.data.preprocess import InputTransform
 from pipeline.data.waterbirds import GROUPS, WaterbirdsError
 from tests.helpers.benchmark_files import write_hard_imagenet, write_waterbirds
+from tests.helpers.project import finetune_outputs, invoke_cft
 from tests.test_benchmark_runner import DEVICE, config, tiny_model
 
 # (file, y, split, place): train 6 landbird_land, 1 landbird_water, 1 waterbird_land, 4 waterbird_water;
@@ -191,11 +192,9 @@ def test_the_method_runs_on_waterbirds(tmp_path: Path) -> None:
     import timm
     import yaml
     from safetensors.torch import save_file
-    from typer.testing import CliRunner
 
     from pipeline.data.manifest import classes_of, read_manifest, split_rows
     from pipeline.masks.store import ImageMasks, write_mask_store
-    from stages.cli import app
 
     write_waterbirds(tmp_path / "wb", WATERBIRDS)
     small = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
@@ -233,18 +232,7 @@ def test_the_method_runs_on_waterbirds(tmp_path: Path) -> None:
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
-    def invoke(*args: str) -> None:
-        import os
-
-        previous = os.getcwd()
-        os.chdir(tmp_path)
-        try:
-            result = CliRunner().invoke(app, [*args, "--params", "params.yaml"])
-        finally:
-            os.chdir(previous)
-        assert result.exit_code == 0, result.output
-
-    invoke("prepare")
+    invoke_cft(tmp_path, "prepare")
     manifest = read_manifest(tmp_path / "data/prepared/manifest.parquet")
     assert classes_of(manifest) == ["landbird", "waterbird"]
     rows = split_rows(manifest, "train")
@@ -253,7 +241,7 @@ def test_the_method_runs_on_waterbirds(tmp_path: Path) -> None:
     val = split_rows(manifest, "val")
     assert sorted(val.column("group").to_pylist()) == ["landbird_land", "waterbird_water"]
     assert all("/val_" in name for name in val.column("image_id").to_pylist())
-    invoke("base")
+    invoke_cft(tmp_path, "base")
     results = [
         ImageMasks(image_id, name, ["beak"], np.pad(np.ones((1, 4, 4), dtype=bool), ((0, 0), (2, 2), (2, 2))), [False])
         for image_id, name in zip(
@@ -262,26 +250,13 @@ def test_the_method_runs_on_waterbirds(tmp_path: Path) -> None:
     ]
     write_mask_store(tmp_path / "data/masks", results, (8, 8), "test")
     for method in ("cft", "plain"):
-        invoke(
-            "finetune",
-            method,
-            "--out",
-            f"models/{method}",
-            "--checkpoints",
-            f"checkpoints/finetune/{method}",
-            "--metrics",
-            f"results/finetune/{method}.json",
-            "--plots",
-            f"plots/finetune/{method}",
-            "--masks",
-            "data/masks",
-        )
-    invoke("evaluate", "waterbirds", "base", "cft", "plain")
+        invoke_cft(tmp_path, "finetune", method, *finetune_outputs(method), "--masks", "data/masks")
+    invoke_cft(tmp_path, "evaluate", "waterbirds", "base", "cft", "plain")
     scores = json.loads((tmp_path / "results/evaluate/waterbirds/cft/scores.json").read_text())["scores"]
     assert scores["images"] == 8 and {"worst_group_accuracy", "weighted_accuracy", "accuracy_waterbird_land"} <= set(
         scores
     )
-    invoke("report")
+    invoke_cft(tmp_path, "report")
     compact = json.loads((tmp_path / "metrics/cft.json").read_text())
     assert compact["wg_acc"] == round(scores["worst_group_accuracy"], 4) and "ood_acc" not in compact  # reported apart
     assert (tmp_path / "plots/summary/spurious.png").stat().st_size > 0

@@ -110,14 +110,18 @@ class SegmentationItems(Dataset[dict[str, Any]]):
         }
 
 
+def _spread(count: int, limit: int) -> list[int]:
+    """``limit`` of ``count`` positions spread over all of them (sorted files cluster by class)."""
+    return np.linspace(0, count - 1, limit).round().astype(int).tolist()
+
+
 def _limited_per_ablation(images: BenchmarkImages, limit: int | None) -> BenchmarkImages:
     """Hard ImageNet: ``limit`` images, each under every ablation (the same images for each)."""
     ablations = list(dict.fromkeys(images.metadata["ablation"]))
     per = len(images.files) // len(ablations)
     if limit is None or limit >= per:
         return images
-    chosen = np.linspace(0, per - 1, limit).round().astype(int)
-    return images.take([block * per + int(i) for block in range(len(ablations)) for i in chosen])
+    return images.take([block * per + i for block in range(len(ablations)) for i in _spread(per, limit)])
 
 
 def _split_metadata(rows: Any, count: int) -> dict[str, list[str]]:
@@ -131,8 +135,7 @@ def _split_metadata(rows: Any, count: int) -> dict[str, list[str]]:
 def _limited(images: BenchmarkImages, limit: int | None) -> BenchmarkImages:
     if limit is None or limit >= len(images.files):
         return images
-    # Spread the limit over the whole benchmark (sorted files cluster by class).
-    return images.take(np.linspace(0, len(images.files) - 1, limit).round().astype(int).tolist())
+    return images.take(_spread(len(images.files), limit))
 
 
 def open_source(

@@ -20,6 +20,16 @@ from pipeline.config.models import resolve_models
 from pipeline.corruptions.families import FAMILIES, KNOWN_CORRUPTIONS, SEVERITIES, family_of
 from pipeline.data.world.splits import OFF_BY_DEFAULT, WORLD_BENCHMARKS
 
+# World splits evaluated apart from the OOD means by default (`ood_mean: false`): the backgrounds
+# split's variants without the object measure no robustness.
+REPORTED_APART = ("backgrounds",)
+
+
+def _each_once_of(field: str, names: list[str] | None, known: tuple[str, ...]) -> None:
+    """``names`` (null: the default) must be distinct entries of ``known``."""
+    if names is not None and (any(name not in known for name in names) or len(set(names)) != len(names)):
+        raise ValueError(f"{field} {names}: each once, of {list(known)}")
+
 
 class BenchmarkConfig(StrictConfig):
     """One evaluation set: a split of the prepared dataset, or a benchmark on disk (docs/real-data.md)."""
@@ -37,7 +47,7 @@ class BenchmarkConfig(StrictConfig):
     )
     ood_mean: bool | None = Field(
         None,
-        description="count it in the out-of-distribution means; false: reported apart (e.g. a benchmark every model fails); null = true except for corruption benchmarks and imagenet9",
+        description="count it in the out-of-distribution means; false: reported apart (e.g. a benchmark every model fails); null = true except for the kinds reported apart (corrupted, imagenet_c, imagenet9, waterbirds, hard_imagenet)",
     )
     of: BenchmarkConfig | None = Field(
         None, description="kind corrupted: the benchmark whose images are corrupted (its `limit` sets how many)"
@@ -99,16 +109,12 @@ class BenchmarkConfig(StrictConfig):
             return
         if self.imagenet is None:
             raise ValueError("kind hard_imagenet needs `imagenet`: the ImageNet folder holding <split>/<wnid>/<image>")
-        wrong = [name for name in self.ablations or [] if name not in HARD_IMAGENET_ABLATIONS]
-        if wrong or len(set(self.ablations or [])) != len(self.ablations or []):
-            raise ValueError(f"ablations {self.ablations}: each once, of {list(HARD_IMAGENET_ABLATIONS)}")
+        _each_once_of("ablations", self.ablations, HARD_IMAGENET_ABLATIONS)
 
     def _check_variants(self) -> None:
         if self.kind != "imagenet9":
             raise ValueError("`variants` is for kind imagenet9")
-        unknown = [name for name in self.variants or [] if name not in IN9_VARIANTS]
-        if unknown or len(set(self.variants or [])) != len(self.variants or []):
-            raise ValueError(f"variants {self.variants}: each once, of {list(IN9_VARIANTS)}")
+        _each_once_of("variants", self.variants, IN9_VARIANTS)
 
     def _check_corrupted(self) -> None:
         if self.of is None:
@@ -134,9 +140,9 @@ class BenchmarkConfig(StrictConfig):
             raise ValueError(f"severities lists one twice: {self.severities}")
 
     def in_ood_mean(self) -> bool:
-        """Whether the report counts it in the out-of-distribution means (corruption robustness and
-        ImageNet-9's variants are reported apart from the distribution shifts unless ``ood_mean`` says
-        otherwise; the world's backgrounds split is set apart in params.yaml and the default below)."""
+        """Whether the report counts it in the out-of-distribution means (the kinds of APART_KINDS are
+        reported apart from the distribution shifts unless ``ood_mean`` says otherwise; the world's
+        backgrounds split is set apart in params.yaml and the default benchmarks, REPORTED_APART)."""
         return self.ood_mean if self.ood_mean is not None else self.kind not in APART_KINDS
 
     def applied_corruptions(self) -> list[str]:
@@ -154,8 +160,11 @@ class EvaluateConfig(StrictConfig):
 
     benchmarks: dict[str, BenchmarkConfig] = Field(
         default_factory=lambda: {
-            **{name: BenchmarkConfig(kind="split") for name in WORLD_BENCHMARKS if name not in OFF_BY_DEFAULT},
-            "backgrounds": BenchmarkConfig(kind="split", ood_mean=False),
+            **{
+                name: BenchmarkConfig(kind="split", ood_mean=False if name in REPORTED_APART else None)
+                for name in WORLD_BENCHMARKS
+                if name not in OFF_BY_DEFAULT
+            },
             "corrupted": BenchmarkConfig(kind="corrupted", of=BenchmarkConfig(kind="split", split="test", limit=200)),
         },
         description="name -> benchmark; `dvc repro` runs evaluate@<benchmark>-<model> for each benchmark and model",

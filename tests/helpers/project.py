@@ -18,6 +18,36 @@ def run(args: list[str], cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
+def invoke_cft(project: Path, *args: str) -> str:
+    """``cft <args> --params params.yaml`` in process, in ``project``; fails the test on a non-zero exit."""
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    previous = os.getcwd()
+    os.chdir(project)
+    try:
+        result = CliRunner().invoke(app, [*args, "--params", "params.yaml"])
+    finally:
+        os.chdir(previous)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def finetune_outputs(method: str) -> list[str]:
+    """The output options of ``cft finetune <method>``, at dvc.yaml's paths."""
+    return [
+        "--out",
+        f"models/{method}",
+        "--checkpoints",
+        f"checkpoints/finetune/{method}",
+        "--metrics",
+        f"results/finetune/{method}.json",
+        "--plots",
+        f"plots/finetune/{method}",
+    ]
+
+
 def copy_repository(root: Path) -> None:
     """The project's code and pipeline definition, without any outputs, into ``root``."""
     listed = subprocess.run(
