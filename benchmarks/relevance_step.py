@@ -1,32 +1,47 @@
 """Cost of one relevance-guided training step against one plain step (same model, batch, device).
 
-The guided step is the CFT step of `cft finetune`: the exact, differentiable AttnLRP map, the CFT
-objective on it (``pipeline.training.objective.relevance_loss``, default weights), back-propagated through
-both; the plain step is forward, cross-entropy, backward.
+Three steps, timed side by side in one run, each an AdamW update on random weights:
 
-    python benchmarks/relevance_step.py                  # world model and ViT-B/16, random weights
-    python benchmarks/relevance_step.py --models world   # only the world model
-    python benchmarks/relevance_step.py --models vit_base_patch16_224 --batch 64   # another batch size
+* ``plain``: forward, cross-entropy, backward;
+* ``rollout``: the published CFT code's step: the gradient-weighted attention rollout of the true
+  class (gradients through the attention maps only, :mod:`pipeline.relevance.rollout`) and the CFT
+  objective on it (``relevance: rollout``);
+* ``attnlrp``: our step, `cft finetune`'s default: the exact, differentiable AttnLRP map and the CFT
+  objective on it (``pipeline.training.objective.relevance_loss``, default weights), back-propagated
+  through both.
+
+Each is the median of ``--repeats`` steps after one warm-up step; ratios are to the plain step.
+``--profile`` adds, per step, where the time goes (torch.profiler, operators by self time).
+
+    python benchmarks/relevance_step.py                              # world ViT at batch 8 and 64, ViT-B/16 at 8
+    python benchmarks/relevance_step.py --models world --profile     # and the profile of each step
+    python benchmarks/relevance_step.py --models vit_base_patch16_224 --batches 64 --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
 
-from pipeline.config.finetune import RelevanceObjective
-from pipeline.relevance.attnlrp import attnlrp
-from pipeline.training.objective import relevance_loss
-from pipeline.utils.device import autocast, resolve_device
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MODELS: dict[str, tuple[dict, int, int]] = {
-    # name: (timm kwargs, image size, batch size)
+from pipeline.config.finetune import RelevanceObjective  # noqa: E402
+from pipeline.relevance.attnlrp import attnlrp  # noqa: E402
+from pipeline.relevance.rollout import rollout  # noqa: E402
+from pipeline.training.objective import relevance_loss  # noqa: E402
+from pipeline.utils.device import autocast, resolve_device  # noqa: E402
+
+# name: (timm kwargs, image size, default batch sizes)
+MODELS: dict[str, tuple[dict, int, tuple[int, ...]]] = {
     "world": (
         {
             "model_name": "vit_tiny_patch16_224",
@@ -38,14 +53,16 @@ MODELS: dict[str, tuple[dict, int, int]] = {
             "num_classes": 10,
         },
         32,
-        64,
+        (8, 64),
     ),
-    "vit_base_patch16_224": ({"model_name": "vit_base_patch16_224", "num_classes": 1000}, 224, 8),
+    "vit_base_patch16_224": ({"model_name": "vit_base_patch16_224", "num_classes": 1000}, 224, (8,)),
 }
+STEPS = ("plain", "rollout", "attnlrp")
 
 
 def timed(step: Callable[[], None], repeats: int, device: torch.device) -> float:
-    step()  # warm-up
+    """Median seconds of ``repeats`` calls after one warm-up call."""
+    step()
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -58,46 +75,92 @@ def timed(step: Callable[[], None], repeats: int, device: torch.device) -> float
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch", type=int, default=None, help="batch size for every model (default: per model)")
-    args = parser.parse_args()
-    device = resolve_device(args.device)
-    torch.manual_seed(0)
-    for name in args.models:
-        kwargs, size, batch = MODELS[name]
-        batch = args.batch or batch
-        objective = RelevanceObjective(objective="relevance")
-        model = timm.create_model(pretrained=False, **kwargs).to(device).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-        images = torch.randn(batch, 3, size, size, device=device)
-        labels = torch.randint(0, kwargs["num_classes"], (batch,), device=device)
-        masks = (torch.rand(batch, size, size, device=device) > 0.5).float()
+def training_steps(name: str, batch: int, device: torch.device) -> dict[str, Callable[[], None]]:
+    """One closure per step kind, sharing the model, optimiser and a random batch."""
+    kwargs, size, _ = MODELS[name]
+    model = timm.create_model(pretrained=False, **kwargs).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, kwargs["num_classes"], (batch,), device=device)
+    masks = (torch.rand(batch, size, size, device=device) > 0.5).float()
 
-        def plain() -> None:
+    def plain() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device):
+            loss = F.cross_entropy(model(images).float(), labels)
+        loss.backward()
+        optimizer.step()
+
+    def guided(relevance_method: str) -> Callable[[], None]:
+        objective = RelevanceObjective(objective="relevance", relevance=relevance_method)
+        method = rollout if relevance_method == "rollout" else attnlrp
+
+        def step() -> None:
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
-                loss = F.cross_entropy(model(images).float(), labels)
-            loss.backward()
-            optimizer.step()
-
-        def guided() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
-                relevance = attnlrp(model, images, labels, create_graph=True)
+                relevance = method(model, images, labels, create_graph=True)
                 loss, _ = relevance_loss(relevance.upsampled(), masks, relevance.logits, objective)
             loss.backward()
             optimizer.step()
 
-        plain_s = timed(plain, args.repeats, device)
-        guided_s = timed(guided, args.repeats, device)
-        print(
-            f"{name:22s} batch {batch:3d} on {device.type}: plain {plain_s * 1000:8.1f} ms, "
-            f"relevance-guided {guided_s * 1000:8.1f} ms, ratio {guided_s / plain_s:.2f}"
-        )
+        return step
+
+    return {"plain": plain, "rollout": guided("rollout"), "attnlrp": guided("attnlrp")}
+
+
+def profile_summary(step: Callable[[], None], rows: int = 8) -> str:
+    """The operators with the most self time over three steps (on the GPU where there is one, else on
+    the CPU), as 'name: ms per step (calls per step)'."""
+    step()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+    where = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda event: -getattr(event, where))
+    total = sum(getattr(event, where) for event in events) / 3e3
+    shown = [f"{e.key}: {getattr(e, where) / 3e3:.1f} ms ({e.count // 3})" for e in events[:rows]]
+    device = "GPU" if torch.cuda.is_available() else "CPU"
+    return f"{total:.0f} ms of {device} operator self time per step; " + "; ".join(shown)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--batches", nargs="+", type=int, default=None, help="batch sizes for every model (default: per model)"
+    )
+    parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--profile", action="store_true", help="also print where each step's time goes")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    steps = ["plain", *(step for step in args.steps if step != "plain")]
+    print(
+        f"{'model':22s} {'batch':>5s}  "
+        + "  ".join(f"{step:>18s}" for step in steps)
+        + f"   on {device.type}, median of {args.repeats}"
+    )
+    rows = []
+    for name in args.models:
+        for batch in args.batches or MODELS[name][2]:
+            torch.manual_seed(0)
+            closures = training_steps(name, batch, device)
+            seconds = {step: timed(closures[step], args.repeats, device) for step in steps}
+            cells = [f"{seconds[step] * 1000:9.1f} ms ({seconds[step] / seconds['plain']:4.2f}×)" for step in steps]
+            print(f"{name:22s} {batch:5d}  " + "  ".join(cells), flush=True)
+            rows.append(
+                {"model": name, "batch": batch, "device": device.type, "repeats": args.repeats, "seconds": seconds}
+            )
+            if args.profile:
+                for step in steps:
+                    print(f"    {step}: {profile_summary(closures[step])}", flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,20 @@
-"""The whole method over several seeds: base, plain fine-tuning and CFT, mean ± spread per split.
+"""A seed sweep with DVC's experiments: one queued experiment per seed, then one table over them.
 
-Each seed runs prepare → base → concepts → masks → finetune (every method) → evaluate through the
-`cft` commands, in its own folder, with ``data.seed``, ``data.subset.seed``, ``base.seed`` and
-``finetune.train.seed`` all set to the seed (everything else from the params file). Outputs of an
-earlier run in the same folder are reused (a stage is skipped when its output exists), so adding
-a method to ``finetune.methods`` only trains that method and re-evaluates. Any other change of
-params, or of the pipeline's code, stops the script (``stamp.json`` in each seed folder records
-both): use a new ``--work`` folder then.
+Each seed is an experiment of this repository's pipeline (``dvc.yaml``, ``params.yaml``), queued
+with ``data.seed``, ``data.subset.seed``, ``base.seed`` and ``finetune.train.seed`` all set to the
+seed (plus any ``-S`` overrides, the same for every seed), run by DVC's queue, and read back from
+``dvc exp show --json`` (every model's compact metrics, ``metrics/<model>.json``) and from the
+experiment's cached outputs (``results/evaluate``, per benchmark, through ``dvc.api.DVCFileSystem``).
+What a user would type, step by step:
 
-    python benchmarks/seeds.py --seeds 0 1 2 --work /tmp/cft-seeds    # prints a markdown table
-    python benchmarks/seeds.py --seeds 0 1 2 --methods --work /tmp/cft-base   # the base model alone
+    python benchmarks/seeds.py queue --seeds 0 1 2 --methods cft plain fgbg   # dvc exp run --queue -n seed0 -S data.seed=0 ...
+    dvc queue start -j 1; dvc queue status                                      # or: python benchmarks/seeds.py run -j 1 (waits)
+    python benchmarks/seeds.py table --seeds 0 1 2 --against base plain fgbg   # markdown tables from the experiments
+
+or all three: ``python benchmarks/seeds.py sweep --seeds 0 1 2 --methods cft plain fgbg``. ``--name``
+prefixes the experiment names (``<name>-seed0``), so sweeps with other overrides on the same
+commit stay apart; ``table`` reads the experiments of the current commit. Other settings:
+``-S evaluate.shortcut_tests={}`` etc., exactly as ``dvc exp run -S`` takes them.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 METRICS = (
     "accuracy",
@@ -91,141 +96,95 @@ T_975 = (
 )
 
 
-def check_reusable(root: Path, params: dict[str, Any]) -> None:
-    """Outputs in ``root`` are reused only if the same code made them from the same params (a new
-    method may be added); otherwise stop rather than mix stale models into the table."""
-    from pipeline.utils.checkpoint import source_digest
-
-    stamp_path = root / "stamp.json"
-    stamp = {"code": source_digest(), "params": params}
-    if stamp_path.is_file():
-        old = json.loads(stamp_path.read_text())
-        changed = [] if old["code"] == stamp["code"] else ["pipeline code"]
-        changed += [f"params '{key}'" for key in params if key != "finetune" and old["params"].get(key) != params[key]]
-        earlier = old["params"]["finetune"]
-        changed += [
-            f"params 'finetune.{key}'"
-            for key in params["finetune"]
-            if key != "methods" and key in earlier and earlier[key] != params["finetune"][key]
-        ]
-        if changed:
-            raise SystemExit(f"{root}: made with different {', '.join(changed)}; use a new --work folder")
-    stamp_path.write_text(json.dumps(stamp, indent=1, sort_keys=True))
+SEED_PARAMS = ("data.seed", "data.subset.seed", "base.seed", "finetune.train.seed")
 
 
-def run_seed(seed: int, params_file: Path, work: Path, methods: list[str] | None = None) -> dict[str, Any]:
-    root = work / f"seed{seed}"
-    root.mkdir(parents=True, exist_ok=True)
-    params = yaml.safe_load(params_file.read_text())
+def experiment_name(name: str, seed: int) -> str:
+    return f"{name}-seed{seed}" if name else f"seed{seed}"
+
+
+def seed_overrides(seed: int, methods: list[str] | None, overrides: list[str]) -> list[str]:
+    """``-S`` arguments of one seed's experiment: the seed params, the methods (fine-tuned and
+    evaluated, with the base model), then the user's overrides."""
+    sets = [f"{key}={seed}" for key in SEED_PARAMS]
     if methods is not None:
-        params["finetune"]["methods"] = methods
-    params["data"]["seed"] = seed
-    params["data"].setdefault("subset", {})["seed"] = seed
-    params["base"]["seed"] = seed
-    params["finetune"]["train"]["seed"] = seed
-    check_reusable(root, params)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+        sets += [f"finetune.methods=[{','.join(methods)}]", f"evaluate.models=[{','.join(['base', *methods])}]"]
+    return [argument for value in [*sets, *overrides] for argument in ("-S", value)]
 
-    def cft(*args: str, unless: str | None = None) -> None:
-        """Run one stage; ``unless`` names its output, which (from an earlier run) skips it."""
-        if unless is not None and Path(unless).exists():
-            return
-        subprocess.run(
-            [sys.executable, "-m", "stages.cli", *args, "--params", str(root / "params.yaml")],
-            check=True,
-            cwd=Path(__file__).resolve().parents[1],
-        )
 
-    data, subset = str(root / "data/prepared"), str(root / "data/subset")
-    cft("prepare", "--out", data, "--subset", subset, "--metrics", str(root / "results/prepare.json"), unless=subset)
-    cft(
-        "base",
-        "--data",
-        data,
-        "--out",
-        str(root / "models/base"),
-        "--metrics",
-        str(root / "results/base.json"),
-        "--plots",
-        str(root / "plots/base"),
-        unless=str(root / "models/base"),
-    )
-    if params["finetune"]["methods"]:  # the base model alone needs neither concepts nor masks
-        cft("concepts", "--data", data, "--out", str(root / "data/concepts"), unless=str(root / "data/concepts"))
-        masks = str(root / "data/masks")
-        cft(
-            "masks",
-            "--data",
-            data,
-            "--subset",
-            subset,
-            "--concepts",
-            str(root / "data/concepts"),
-            "--out",
-            masks,
-            "--sheet",
-            str(root / "plots/masks.png"),
-            unless=masks,
+def dvc(*args: str, capture: bool = False) -> str:
+    """Run ``dvc <args>`` (the one beside this Python first); stop with its message on failure."""
+    executable = Path(sys.executable).with_name("dvc")
+    command = [str(executable) if executable.exists() else "dvc", *args]
+    result = subprocess.run(command, capture_output=capture, text=True)
+    if result.returncode != 0:
+        raise SystemExit(
+            f"`dvc {' '.join(args)}` failed ({result.returncode}){': ' + result.stderr[-2000:] if capture else ''}"
         )
-    for method in params["finetune"]["methods"]:
-        cft(
-            "finetune",
-            method,
-            "--base",
-            str(root / "models/base"),
-            "--data",
-            data,
-            "--subset",
-            subset,
-            "--masks",
-            str(root / "data/masks"),
-            "--out",
-            str(root / f"models/{method}"),
-            "--checkpoints",
-            str(root / f"checkpoints/{method}"),
-            "--metrics",
-            str(root / f"results/finetune/{method}.json"),
-            "--plots",
-            str(root / f"plots/finetune/{method}"),
-            unless=str(root / f"models/{method}"),
-        )
-    models = ["base", *params["finetune"]["methods"]]
-    params["evaluate"]["models"] = models
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    benchmarks = list(params["evaluate"]["benchmarks"])
-    for benchmark in benchmarks:
-        # the models not yet scored, in one call: they share each decoded batch and one process
-        # start-up, and score as they would alone (tests/test_stages.py); a model added later runs alone
-        missing = [model for model in models if not (root / "results/evaluate" / benchmark / model).exists()]
-        if missing:
-            cft(
-                "evaluate",
-                benchmark,
-                *missing,
-                "--models",
-                str(root / "models"),
-                "--data",
-                data,
-                "--subset",
-                subset,
-                "--out",
-                str(root / "results/evaluate" / benchmark),
-                "--work",
-                str(root / "checkpoints/evaluate" / benchmark),
-            )
-    cft(
-        "report",
-        "--results",
-        str(root / "results/evaluate"),
-        "--metrics",
-        str(root / "metrics"),
-        "--plots",
-        str(root / "plots/summary"),
-    )
-    from pipeline.reports.summary import read_results
+    return result.stdout if capture else ""
 
-    per_benchmark = read_results(root / "results/evaluate", benchmarks, models)
-    summary = {model: json.loads((root / "metrics" / f"{model}.json").read_text()) for model in models}
+
+def queue(seeds: list[int], name: str, methods: list[str] | None, overrides: list[str]) -> None:
+    for seed in seeds:
+        dvc("exp", "run", "--queue", "-n", experiment_name(name, seed), *seed_overrides(seed, methods, overrides))
+
+
+def run_queue(jobs: int) -> None:
+    """Every queued experiment, ``jobs`` at a time; returns when all have finished."""
+    dvc("exp", "run", "--run-all", "-j", str(jobs))
+
+
+def _records(node: Any) -> Iterator[dict[str, Any]]:
+    """Every experiment record (a dict with ``rev``, ``name`` and ``data``) in ``dvc exp show --json``."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _records(item)
+    elif isinstance(node, dict):
+        if isinstance(node.get("data"), dict) and "rev" in node:
+            yield node
+        for key in ("experiments", "revs"):
+            yield from _records(node.get(key))
+
+
+def experiments(names: list[str], shown: Any) -> dict[str, dict[str, Any]]:
+    """name -> record of the named experiments in ``dvc exp show --json`` output; a missing or
+    failed one stops the script, naming it."""
+    found = {
+        record["name"]: record
+        for record in _records(shown)
+        if record.get("name") in names and not record.get("error") and record["data"].get("metrics")
+    }
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise SystemExit(f"no finished experiment named {missing} on this commit (dvc exp show; dvc queue status)")
+    return found
+
+
+def file_contents(record: dict[str, Any], kind: str) -> dict[str, Any]:
+    """path -> contents of an experiment's ``params`` or ``metrics`` files, as ``dvc exp show --json`` gives them."""
+    return {path: entry.get("data", {}) for path, entry in (record["data"].get(kind) or {}).items()}
+
+
+def seed_results(record: dict[str, Any]) -> dict[str, Any]:
+    """One experiment's per-benchmark scores and per-model summary (its metrics, plus the
+    corruption families' accuracies averaged over the corruption benchmarks)."""
+    from dvc.api import DVCFileSystem
+
+    from pipeline.reports.summary import SCORES_NAME, read_results
+
+    params = file_contents(record, "params")["params.yaml"]
+    models, benchmarks = params["evaluate"]["models"], list(params["evaluate"]["benchmarks"])
+    metrics = {Path(path).stem: values for path, values in file_contents(record, "metrics").items()}
+    summary = {model: dict(metrics[model]) for model in models}
+    files = DVCFileSystem(".", rev=record["rev"])
+    with tempfile.TemporaryDirectory() as folder:
+        for benchmark in benchmarks:
+            for model in models:
+                (Path(folder) / benchmark / model).mkdir(parents=True)
+                files.get_file(
+                    f"results/evaluate/{benchmark}/{model}/{SCORES_NAME}", f"{folder}/{benchmark}/{model}/{SCORES_NAME}"
+                )
+        per_benchmark = read_results(Path(folder), benchmarks, models)
     corrupted = [r for r in per_benchmark.values() if r["benchmark"].get("kind") in ("corrupted", "imagenet_c")]
     for model in models:
         for key, score in FAMILY_KEYS.items():
@@ -291,31 +250,37 @@ def paired_table(results: list[dict[str, Any]], references: list[str]) -> str:
     return "\n".join(lines)
 
 
+def print_tables(seeds: list[int], results: list[dict[str, Any]], against: list[str]) -> None:
+    print(f"seeds {seeds}; cells are mean ± half the range over seeds")
+    print(table(results))
+    references = [name for name in against if name in results[0]["summary"]]
+    if references and len(results) > 1:
+        print(f"\npaired differences over seeds {seeds}: mean [95% t interval]")
+        print(paired_table(results, references))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["queue", "run", "table", "sweep"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/cft-seeds"))
+    parser.add_argument("--name", default="", help="prefix of the experiment names (<name>-seed<N>)")
     parser.add_argument(
-        "--methods",
-        nargs="*",
-        default=None,
-        help="fine-tuning methods (default: the params' finetune.methods); none: the base model alone",
+        "--methods", nargs="+", default=None, help="fine-tuning methods (default: the params' finetune.methods)"
     )
+    parser.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], help="as dvc exp run -S")
+    parser.add_argument("-j", "--jobs", type=int, default=1, help="experiments run at once")
     parser.add_argument(
-        "--against",
-        nargs="*",
-        default=["plain", "fgbg"],
-        help="reference models of the paired differences (those that were run)",
+        "--against", nargs="*", default=["plain", "fgbg"], help="reference models of the paired differences"
     )
     args = parser.parse_args(argv)
-    results = [run_seed(seed, args.params.resolve(), args.work.resolve(), args.methods) for seed in args.seeds]
-    print(f"seeds {args.seeds}; cells are mean ± half the range over seeds")
-    print(table(results))
-    references = [name for name in args.against if name in results[0]["summary"]]
-    if references and len(results) > 1:
-        print(f"\npaired differences over seeds {args.seeds}: mean [95% t interval]")
-        print(paired_table(results, references))
+    if args.action in ("queue", "sweep"):
+        queue(args.seeds, args.name, args.methods, args.overrides)
+    if args.action in ("run", "sweep"):
+        run_queue(args.jobs)
+    if args.action in ("table", "sweep"):
+        names = [experiment_name(args.name, seed) for seed in args.seeds]
+        found = experiments(names, json.loads(dvc("exp", "show", "--json", capture=True)))
+        print_tables(args.seeds, [seed_results(found[name]) for name in names], args.against)
 
 
 if __name__ == "__main__":

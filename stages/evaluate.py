@@ -7,13 +7,18 @@ method re-scores only that method. Several models given in one call share each d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from pipeline.config.evaluate import EvaluateConfig, load_evaluate
 from pipeline.utils.atomic import atomic_directory
 from stages.common import PARAMS_OPTION, user_errors
+
+if TYPE_CHECKING:
+    import torch
+
+    from pipeline.utils.distributed import Ranks
 
 
 def evaluate(
@@ -45,7 +50,7 @@ def evaluate(
         out = out or Path("results/evaluate") / benchmark
         work = (work or Path("checkpoints/evaluate") / benchmark) / "+".join(models)
         summary = _evaluate(benchmark, config, {model: models_dir / model for model in models}, data, subset, out, work)
-    for model, row in summary.items():
+    for model, row in summary.items():  # empty on every rank but the main one under torchrun
         shown = ", ".join(f"{key} {value:.3f}" for key, value in row.items() if isinstance(value, float))
         typer.echo(f"{benchmark} / {model}: {shown}")
 
@@ -53,6 +58,25 @@ def evaluate(
 def _evaluate(
     name: str, config: EvaluateConfig, model_dirs: dict[str, Path], data: Path, subset: Path, out: Path, work: Path
 ) -> dict[str, Any]:
+    from pipeline.utils.distributed import session
+
+    with session(config.device) as (ranks, device):
+        return _evaluate_on(name, config, model_dirs, data, subset, out, work, ranks, device)
+
+
+def _evaluate_on(
+    name: str,
+    config: EvaluateConfig,
+    model_dirs: dict[str, Path],
+    data: Path,
+    subset: Path,
+    out: Path,
+    work: Path,
+    ranks: Ranks,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The evaluation on this rank's device; under torchrun each rank scores its parts and the
+    main one writes the results (returned there; the others return nothing)."""
     from pipeline.benchmarks.files import OVERLAY_NAME
     from pipeline.benchmarks.reports import benchmark_info, write_model_results, write_overlay_arrays
     from pipeline.benchmarks.runner import (
@@ -67,10 +91,9 @@ def _evaluate(
     from pipeline.data.preprocess import InputTransform
     from pipeline.data.subset import SUBSET_NAME, read_subset
     from pipeline.models.factory import load_model_artifact
-    from pipeline.utils.device import Normalizer, resolve_device
+    from pipeline.utils.device import Normalizer
 
     benchmark = config.benchmarks[name]
-    device = resolve_device(config.device)
     _, info = read_subset(subset / SUBSET_NAME)
     models: list[ModelUnderTest] = []
     specs = []
@@ -110,7 +133,9 @@ def _evaluate(
     }
     listing = source.images.files if source.images is not None else [str(len(source))]
     fingerprint = run_fingerprint(list(model_dirs.values()), settings, listing)
-    run = run_benchmark(source, models, seen, config, work, fingerprint, device)
+    run = run_benchmark(source, models, seen, config, work, fingerprint, device, ranks=ranks)
+    if not ranks.main:
+        return {}
     trained = {
         model_name: list((spec.get("finetune") or {}).get("objective", {}).get("corruptions", []))
         for model_name, spec in zip(model_dirs, specs, strict=True)

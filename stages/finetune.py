@@ -27,7 +27,8 @@ def finetune(
     metrics: Path = typer.Option(..., help="summary metrics JSON"),
     plots: Path = typer.Option(..., help="curves (CSV, PNG) and the relevance overlay grid"),
 ) -> None:
-    """Fine-tune; an interrupted run resumes from its last epoch when rerun with the same inputs."""
+    """Fine-tune; an interrupted run resumes from its last epoch when rerun with the same inputs.
+    Under `torchrun --nproc-per-node=N --no-python cft finetune ...` the N processes share each batch."""
     with user_errors():
         config = load_finetune(params, method)
         from pipeline.data.subset import SUBSET_NAME
@@ -35,12 +36,16 @@ def finetune(
         from pipeline.reports.finetune import card_metrics, write_finetune_reports
         from pipeline.training.finetune import FinetuneInputs
         from pipeline.training.finetune import finetune as run_finetune
+        from pipeline.utils.distributed import session
 
         inputs = FinetuneInputs(base_model=base, dataset=data, subset=subset / SUBSET_NAME, masks=masks)
-        outcome = run_finetune(config, inputs, checkpoints)
-        with atomic_directory(out) as staging:
-            write_model_artifact(staging, outcome.model, outcome.spec, card_metrics(outcome.summary))
-        write_finetune_reports(outcome, metrics, plots)
+        with session(config.train.device) as (ranks, device):
+            outcome = run_finetune(config, inputs, checkpoints, ranks=ranks, device=device)
+            if not ranks.main:  # every rank ends with the same model; one writes it
+                return
+            with atomic_directory(out) as staging:
+                write_model_artifact(staging, outcome.model, outcome.spec, card_metrics(outcome.summary))
+            write_finetune_reports(outcome, metrics, plots)
     chosen = outcome.summary["selected"]
     typer.echo(
         f"finetune/{method} -> {out}: epoch {outcome.best_epoch} kept; background share of relevance "

@@ -48,9 +48,15 @@ def masks(
                 params,
             )
         from pipeline.masks.backends import build_mask_store
+        from pipeline.utils.distributed import session
 
-        with atomic_directory(out) as staging:
-            summary = build_mask_store(config, data, subset, concepts, staging, work, sheet)
+        with session(config.grounded_sam.device) as (ranks, _):
+            if not ranks.main:  # under torchrun: this rank's share of the parts; the main rank writes
+                build_mask_store(config, data, subset, concepts, out, work, None, ranks=ranks)
+                return
+            with atomic_directory(out) as staging:
+                summary = build_mask_store(config, data, subset, concepts, staging, work, sheet, ranks=ranks)
+            assert summary is not None  # the main rank always builds the store
         if metrics is not None:
             write_json(
                 metrics,

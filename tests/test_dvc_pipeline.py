@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.project import copy_repository, run
-from tests.helpers.tiny import TINY_BASE, TINY_EVALUATE, TINY_FINETUNE, TINY_SPLITS, TINY_SUBSET
+from tests.helpers.project import run, tiny_project
+from tests.helpers.tiny import TINY_EVALUATE
 
 pytestmark = pytest.mark.slow  # whole `dvc repro` runs: minutes
 
@@ -19,18 +19,7 @@ MODELS = ("base", "cft", "plain", "corruptions", "corruptions_high", "corruption
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    copy_repository(root)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["world"]["split_sizes"] = TINY_SPLITS
-    params["data"]["subset"].update(TINY_SUBSET)
-    params["base"] = {**params["base"], **TINY_BASE}
-    params["finetune"]["train"].update(TINY_FINETUNE["train"])
-    params["evaluate"].update(TINY_EVALUATE)
-    params["analyze"].update({"images": 16, "batch_size": 8, "sae": {**params["analyze"]["sae"], "steps": 50}})
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    run(["git", "init", "-q"], root)
-    return root
+    return tiny_project(tmp_path_factory.mktemp("project"))
 
 
 def test_repro_runs_every_stage(project: Path) -> None:

@@ -8,40 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.concepts.store import catalog_concepts
-from pipeline.config.base import BaseConfig
-from pipeline.config.concepts import ConceptsConfig
-from pipeline.config.data import SubsetConfig
 from pipeline.config.finetune import FinetuneConfig, LabelsObjective, RelevanceObjective, RrrObjective, TrainSchedule
 from pipeline.data.manifest import classes_of, read_manifest
-from pipeline.data.subset import select_subset, subset_ids, write_subset
-from pipeline.masks.annotated import annotated_masks
-from pipeline.masks.store import write_mask_store
-from pipeline.models.factory import create_model, load_model_artifact, preprocessing_of, save_model_artifact
+from pipeline.models.factory import load_model_artifact
 from pipeline.training import finetune as finetuning
-from tests.helpers.tiny import TINY_BASE
-from tests.helpers.training import Interrupted, count_steps
+from tests.helpers.training import Interrupted, count_steps, finetune_inputs
 
 
 @pytest.fixture(scope="module")
 def inputs(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> finetuning.FinetuneInputs:
-    root = tmp_path_factory.mktemp("resume")
-    manifest = read_manifest(tiny_world / "manifest.parquet")
-    subset = select_subset(manifest, SubsetConfig(images_per_class=2, val_images_per_class=1))
-    write_subset(root / "subset.parquet", subset)
-    classes = classes_of(manifest)
-    concepts, _ = catalog_concepts(ConceptsConfig(), tiny_world, classes)
-    results, size = annotated_masks(
-        tiny_world, manifest, subset_ids(subset, "finetune"), concepts, None, progress=False
-    )
-    write_mask_store(root / "masks", results, size, "annotated")
-    config = BaseConfig(**TINY_BASE)
-    torch.manual_seed(0)
-    model = create_model(config, len(classes), image_size=32)
-    save_model_artifact(root / "base", model, config, classes, preprocessing_of(model, 32))
-    return finetuning.FinetuneInputs(
-        base_model=root / "base", dataset=tiny_world, subset=root / "subset.parquet", masks=root / "masks"
-    )
+    return finetune_inputs(tiny_world, tmp_path_factory.mktemp("resume"), images_per_class=2)
 
 
 def config(objective: RelevanceObjective | LabelsObjective, **train: object) -> FinetuneConfig:

@@ -389,7 +389,7 @@ def test_cft_masks_with_grounded_sam_from_params(
     from pipeline.masks.segmenting import SAM_ARCHITECTURES
     from pipeline.models.weights import file_sha256
     from stages.cli import app
-    from tests.helpers.grounded_models import save_tiny_grounded_sam
+    from tests.helpers.grounded_models import save_tiny_grounded_sam, tiny_grounded_sam_params
 
     manifest = read_manifest(tiny_world / "manifest.parquet")
     subset = select_subset(manifest, SubsetConfig(images_per_class=1, val_images_per_class=1))
@@ -398,33 +398,9 @@ def test_cft_masks_with_grounded_sam_from_params(
     classes = sorted(set(manifest.column("class_name").to_pylist()))
     write_concepts(tmp_path / "concepts", {c: ["head", "wheels"] for c in classes}, {"source": "test"})
 
-    files = save_tiny_grounded_sam(tmp_path)
-    text_encoder, config_file = files["text_encoder"], files["config"]
+    save_tiny_grounded_sam(tmp_path)
     monkeypatch.setitem(SAM_ARCHITECTURES, "vit_b", TINY_SAM)
-    params = {
-        "masks": {
-            "backend": "grounded_sam",
-            "resolution": 16,
-            "grounded_sam": {
-                "grounding": {
-                    "config": str(config_file),
-                    "checkpoint": str(tmp_path / "dino.pth"),
-                    "text_encoder": str(text_encoder),
-                    "image_size": 64,
-                    "max_size": 96,
-                    "box_threshold": 0.6,
-                    "text_threshold": 0.5,
-                },
-                "sam": {
-                    "model_type": "vit_b",
-                    "checkpoint": str(tmp_path / "sam_vit_b.pth"),
-                    "sha256": file_sha256(tmp_path / "sam_vit_b.pth"),
-                },
-                "device": "cpu",
-                "images_per_part": 2,
-            },
-        }
-    }
+    params = tiny_grounded_sam_params(tmp_path, images_per_part=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     arguments = [
         "masks",

@@ -1,4 +1,4 @@
-"""`benchmarks/seeds.py`: the whole method per seed through the CLI, then one table over seeds."""
+"""`benchmarks/seeds.py`: a seed sweep as DVC experiments (queued, run, tabulated from `dvc exp show`)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ import importlib.util
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 
 import pytest
-import yaml
-from typer.testing import CliRunner
 
-from stages.cli import app
-from tests.helpers.tiny import tiny_params
+from tests.helpers.project import run, tiny_project
 
 
 def load_seeds_script() -> ModuleType:  # benchmarks/ is scripts, not a package
@@ -26,67 +24,72 @@ def load_seeds_script() -> ModuleType:  # benchmarks/ is scripts, not a package
     return module
 
 
-def test_one_table_over_seeds_with_every_benchmark(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A committed copy of the repository with tiny params: the baseline of the experiments."""
+    root = tiny_project(tmp_path_factory.mktemp("sweep"))
+    git = ["git", "-c", "user.name=cft tests", "-c", "user.email=tests@cft.invalid"]
+    run([*git, "add", "-A"], root)
+    run([*git, "commit", "-q", "-m", "tiny pipeline"], root)
+    return root
+
+
+@pytest.mark.slow  # two whole pipelines through DVC's queue: minutes
+def test_a_sweep_queues_one_experiment_per_seed_and_tables_them_from_dvc_exp_show(project: Path) -> None:
+    output = run(
+        [sys.executable, "benchmarks/seeds.py", "sweep", "--seeds", "3", "4", "--methods", "cft", "plain"]
+        + ["--against", "base", "plain"],
+        project,
+    )
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project, stdout_only=True))
     seeds = load_seeds_script()
-
-    def in_process(command: list[str], check: bool, cwd: Path) -> None:
-        """The script's ``python -m stages.cli <args>``, run in this process (no start-up per stage)."""
-        assert command[1:3] == ["-m", "stages.cli"] and check
-        result = CliRunner().invoke(app, command[3:])
-        assert result.exit_code == 0, result.output
-
-    monkeypatch.setattr(seeds, "subprocess", SimpleNamespace(run=in_process))
-    params = tiny_params(tmp_path / "params.yaml")
-    seeds.main(["--seeds", "3", "4", "--params", str(params), "--work", str(tmp_path / "work")])
-    table = capsys.readouterr().out
-    assert "| benchmark | metric | base | cft | plain |" in table
-    assert "| swapped_bg | miou |" in table and "| summary | ood_acc |" in table
-    assert "| backgrounds | bg_gap |" in table and "| summary | only_bg |" in table
+    found = seeds.experiments(["seed3", "seed4"], shown)
     for seed in (3, 4):
-        results = tmp_path / f"work/seed{seed}/results/evaluate"
-        assert {(path.parent.name, path.name) for path in results.glob("*/*")} == {
-            (b, m) for b in ("test", "swapped_bg", "backgrounds") for m in ("base", "cft", "plain")
-        }
-        assert sorted(path.name for path in (tmp_path / f"work/seed{seed}/metrics").iterdir()) == [
-            "base.json",
-            "cft.json",
-            "plain.json",
-        ]
-    first = (tmp_path / "work/seed3/plots/summary/metrics.csv").read_text()
-    second = (tmp_path / "work/seed4/plots/summary/metrics.csv").read_text()
-    assert first != second  # the seed reaches data, subset, base and fine-tuning
-    spread = [line for line in table.splitlines() if line.startswith("| test | accuracy_seen |")]
-    assert spread and "±" in spread[0]
-    assert (
-        "paired differences over seeds [3, 4]" in table and "| ood_acc | cft | " in table
-    )  # against plain (fgbg was not run)
-
-
-def test_outputs_of_other_code_or_params_are_not_reused(tmp_path: Path) -> None:
-    seeds = load_seeds_script()
-    params = yaml.safe_load(tiny_params(tmp_path / "params.yaml").read_text())
-    root = tmp_path / "seed0"
-    root.mkdir()
-    seeds.check_reusable(root, params)
-    seeds.check_reusable(root, params)  # same code, same params: reuse
-    with_method = {
-        **params,
-        "finetune": {
-            **params["finetune"],
-            "methods": ["cft", "plain", "fgbg"],
-            "fgbg": {"objective": "relevance", "masks": "object"},
-        },
+        params = seeds.file_contents(found[f"seed{seed}"], "params")["params.yaml"]
+        assert params["data"]["seed"] == params["base"]["seed"] == params["finetune"]["train"]["seed"] == seed
+        assert params["data"]["subset"]["seed"] == seed and params["finetune"]["methods"] == ["cft", "plain"]
+    # the table's cells are the experiments' committed metrics files (read here from git, not DVC)
+    committed = {
+        seed: json.loads(
+            run(["git", "show", f"{found[f'seed{seed}']['rev']}:metrics/cft.json"], project, stdout_only=True)
+        )
+        for seed in (3, 4)
     }
-    seeds.check_reusable(root, with_method)  # a new method: the others are reused
-    changed = {**params, "base": {**params["base"], "lr": 0.5}}
-    with pytest.raises(SystemExit, match="seed0: made with different params 'base'; use a new --work folder"):
-        seeds.check_reusable(root, changed)
-    stamp = json.loads((root / "stamp.json").read_text())
-    (root / "stamp.json").write_text(json.dumps({**stamp, "code": "0" * 64}))
-    with pytest.raises(SystemExit, match="made with different pipeline code;"):
-        seeds.check_reusable(root, with_method)
+    assert committed[3] != committed[4]  # the seed reaches data, subset, base and fine-tuning
+    values = [committed[3]["ood_acc"], committed[4]["ood_acc"]]
+    base = [
+        json.loads(run(["git", "show", f"{found[f'seed{s}']['rev']}:metrics/base.json"], project, stdout_only=True))
+        for s in (3, 4)
+    ]
+    expected = seeds.cell(values)
+    row = next(line for line in output.splitlines() if line.startswith("| summary | ood_acc |"))
+    assert row.split(" | ")[3] == expected, row  # columns: summary, ood_acc, base, cft, plain
+    assert "| benchmark | metric | base | cft | plain |" in output and "| backgrounds | bg_gap |" in output
+    mean, low, high = seeds.paired_interval(values, [b["ood_acc"] for b in base])
+    assert f"| ood_acc | cft | {mean:+.3f} [{low:+.3f}, {high:+.3f}] |" in output
+    # the table alone, as a user reruns it later, reads the same experiments
+    again = run(
+        [sys.executable, "benchmarks/seeds.py", "table", "--seeds", "3", "4", "--against", "base", "plain"], project
+    )
+    assert again.splitlines()[-5:] == output.splitlines()[-5:]
+    with pytest.raises(SystemExit, match=r"no finished experiment named \['seed5'\]"):
+        seeds.experiments(["seed3", "seed5"], shown)
+
+
+def test_each_seed_sets_every_seed_param_and_the_methods_with_the_base_model() -> None:
+    seeds = load_seeds_script()
+    arguments = seeds.seed_overrides(7, ["cft", "fgbg"], ["evaluate.relevance=false"])
+    assert arguments[::2] == ["-S"] * (len(arguments) // 2)
+    assert arguments[1::2] == [
+        "data.seed=7",
+        "data.subset.seed=7",
+        "base.seed=7",
+        "finetune.train.seed=7",
+        "finetune.methods=[cft,fgbg]",
+        "evaluate.models=[base,cft,fgbg]",
+        "evaluate.relevance=false",
+    ]
+    assert seeds.experiment_name("", 2) == "seed2" and seeds.experiment_name("bg", 2) == "bg-seed2"
 
 
 def student_t_cdf_above_zero(quantile: float, df: int, steps: int = 20000) -> float:

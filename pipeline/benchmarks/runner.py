@@ -32,6 +32,7 @@ from pipeline.relevance.maps import relevance_batch
 from pipeline.training.objective import background_share
 from pipeline.utils.atomic import write_with
 from pipeline.utils.device import Normalizer, autocast
+from pipeline.utils.distributed import Ranks
 
 if TYPE_CHECKING:
     from pipeline.config.evaluate import EvaluateConfig
@@ -215,6 +216,16 @@ def _run_part(
     )
 
 
+def _finished_part(path: Path, fingerprint: str) -> PartResult:
+    """A part another rank scored; every rank must see the same work folder."""
+    part = PartResult.load(path, fingerprint)
+    if part is None:
+        raise FileNotFoundError(
+            f"{path}: another rank's finished part is missing; under torchrun every rank needs the same --work folder"
+        )
+    return part
+
+
 def mask_share(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Per map: the share of its positive relevance inside the mask (0 for a map without any)."""
     pixels = int(np.prod(maps.shape[1:]))
@@ -243,40 +254,57 @@ def run_benchmark(
     fingerprint: str,
     device: torch.device,
     progress: bool = True,
+    ranks: Ranks | None = None,
 ) -> BenchmarkRun:
-    """Every model over every image of ``source``, resuming from the parts already in ``work_dir``."""
+    """Every model over every image of ``source``, resuming from the parts already in ``work_dir``.
+
+    Under several ``ranks`` (torchrun), rank r scores the parts r, r + world, r + 2·world, ... and
+    saves them; after all have finished, every rank assembles the run from the parts in the shared
+    ``work_dir``, which holds exactly what one process would have computed."""
+    ranks = ranks or Ranks()
     work_dir.mkdir(parents=True, exist_ok=True)
-    for stale in work_dir.glob(f"{PART_PREFIX}*"):
-        if not stale.name.startswith(f"{PART_PREFIX}{fingerprint[:16]}-"):
-            stale.unlink()  # parts of another run (other models, settings or code) are never reused
+    if ranks.main:
+        for stale in work_dir.glob(f"{PART_PREFIX}*"):
+            if not stale.name.startswith(f"{PART_PREFIX}{fingerprint[:16]}-"):
+                stale.unlink()  # parts of another run (other models, settings or code) are never reused
+    ranks.barrier()
     for entry in models:
         entry.model.eval()
     seen = seen_flags(source.images, len(source), seen_classes)
-    parts: list[PartResult] = []
     starts = list(range(0, len(source), config.part_size))
+    paths = [work_dir / f"{PART_PREFIX}{fingerprint[:16]}-{number:05d}.npz" for number in range(len(starts))]
+    owned = [number for number in range(len(starts)) if number % ranks.world == ranks.rank]
+    sizes = {number: min(config.part_size, len(source) - starts[number]) for number in owned}
+    computed: dict[int, PartResult] = {}
     names = "+".join(m.name for m in models)
-    with tqdm(total=len(source), desc=f"evaluate/{source.name}/{names}", unit="img", disable=not progress) as bar:
+    with tqdm(
+        total=sum(sizes.values()),
+        desc=f"evaluate/{source.name}/{names}",
+        unit="img",
+        disable=not (progress and ranks.main),
+    ) as bar:
         resumed = 0
-        for number, start in enumerate(starts):
-            path = work_dir / f"{PART_PREFIX}{fingerprint[:16]}-{number:05d}.npz"
-            indices = list(range(start, min(start + config.part_size, len(source))))
-            part = PartResult.load(path, fingerprint)
+        for number in owned:
+            indices = list(range(starts[number], starts[number] + sizes[number]))
+            part = PartResult.load(paths[number], fingerprint)
             if part is None:
-                if resumed:
+                if resumed and ranks.main:
                     tqdm.write(
                         f"evaluate/{source.name}/{names}: resuming after {resumed} images (finished parts in {work_dir})"
                     )
-                    resumed = 0
+                resumed = 0
                 part = _run_part(source, indices, models, seen, config, device, bar)
-                part.save(path, fingerprint)
+                part.save(paths[number], fingerprint)
             else:
                 resumed += len(indices)
                 bar.update(len(indices))
-            parts.append(part)
-        if resumed == len(source) and len(source):
+            computed[number] = part
+        if resumed == sum(sizes.values()) and len(source) and ranks.main:
             tqdm.write(
                 f"evaluate/{source.name}/{names}: all {resumed} images already scored (finished parts in {work_dir})"
             )
+    ranks.barrier()
+    parts = [computed.get(number) or _finished_part(path, fingerprint) for number, path in enumerate(paths)]
     predictions = (
         {
             m.name: {

@@ -17,6 +17,7 @@ from pipeline.data.manifest import read_manifest
 from pipeline.data.subset import SUBSET_NAME, read_subset, subset_ids
 from pipeline.masks.store import USABLE_FLAGS, ImageMasks, write_mask_store
 from pipeline.reports.charts import concept_sheet, save_png
+from pipeline.utils.distributed import Ranks
 
 if TYPE_CHECKING:
     from pipeline.config.masks import MasksConfig
@@ -42,8 +43,13 @@ def build_mask_store(
     sheet_path: Path | None,
     sheet_images: int = 24,
     progress: bool = True,
-) -> MaskSummary:
-    """Write the mask store of the subset's fine-tuning images into ``out_dir`` (a staging directory)."""
+    ranks: Ranks | None = None,
+) -> MaskSummary | None:
+    """Write the mask store of the subset's fine-tuning images into ``out_dir`` (a staging directory).
+
+    Under several ``ranks`` (torchrun), every rank segments its share of the grounded_sam parts and
+    the main rank writes the store; the others return None without touching ``out_dir``."""
+    ranks = ranks or Ranks()
     subset, _ = read_subset(subset_dir / SUBSET_NAME)
     manifest = read_manifest(dataset_dir / "manifest.parquet")
     image_ids = subset_ids(subset, "finetune")
@@ -54,6 +60,8 @@ def build_mask_store(
     def load_images(ids: list[str]) -> list[np.ndarray]:
         return load_image_list(dataset_dir, rows_by_id(manifest, ids))
 
+    if config.backend == "annotated" and not ranks.main:
+        return None  # read from the dataset in one pass: nothing to share
     if config.backend == "annotated":
         from pipeline.masks.annotated import annotated_masks
 
@@ -84,8 +92,12 @@ def build_mask_store(
             else tuple(load_images(image_ids[:1])[0].shape[:2])
         )
         stream = grounded_sam_masks(
-            models, config, image_ids, class_names, concepts, load_images, resolution, work_dir, progress
+            models, config, image_ids, class_names, concepts, load_images, resolution, work_dir, progress, ranks
         )
+        if not ranks.main:
+            for _ in stream:  # segments this rank's parts; yields nothing here
+                pass
+            return None
         slots = slot_count(config, class_names, concepts)
         grounding = config.grounded_sam.grounding
         provenance = {

@@ -29,6 +29,7 @@ from pipeline.masks.segmenting import BoxSegmenter
 from pipeline.masks.store import ImageMasks, is_noisy
 from pipeline.utils.atomic import write_with
 from pipeline.utils.checkpoint import fingerprint, source_digest
+from pipeline.utils.distributed import Ranks
 
 if TYPE_CHECKING:
     from pipeline.config.masks import MasksConfig
@@ -80,8 +81,14 @@ def grounded_sam_masks(
     resolution: tuple[int, int],
     work_dir: str | Path,
     progress: bool = True,
+    ranks: Ranks | None = None,
 ) -> Iterator[ImageMasks]:
-    """The masks of every image, in ``image_ids`` order, resuming from finished parts in ``work_dir``."""
+    """The masks of every image, in ``image_ids`` order, resuming from finished parts in ``work_dir``.
+
+    Under several ``ranks`` (torchrun) each rank first segments its parts (r, r + world, ...) into
+    the shared ``work_dir``; then the main rank yields every image from the finished parts (exactly
+    what one process yields) and the others yield nothing."""
+    ranks = ranks or Ranks()
     settings = config.grounded_sam
     run_id = fingerprint(
         {
@@ -96,29 +103,46 @@ def grounded_sam_masks(
         },
         [],
     )
-    parts = PartCache(Path(work_dir), run_id)
-    size = settings.images_per_part
+    parts = PartCache(Path(work_dir), run_id, remove_stale=ranks.main)
+    ranks.barrier()
+    size, per_batch = settings.images_per_part, settings.sam.images_per_batch
+    starts = range(0, len(image_ids), size)
+
+    def segment(start: int) -> list[ImageMasks]:
+        ids, names = image_ids[start : start + size], class_names[start : start + size]
+        images = load_images(ids)
+        results = [
+            result
+            for batch in range(0, len(ids), per_batch)
+            for result in _segment_batch(
+                models,
+                config,
+                ids[batch : batch + per_batch],
+                names[batch : batch + per_batch],
+                images[batch : batch + per_batch],
+                concepts,
+                resolution,
+            )
+        ]
+        parts.save(start, results)
+        return results
+
+    if ranks.world > 1:
+        owned = [start for number, start in enumerate(starts) if number % ranks.world == ranks.rank]
+        with tqdm(total=len(owned), desc="masks (grounded_sam), parts", disable=not (progress and ranks.main)) as bar:
+            for start in owned:
+                if parts.load(start) is None:
+                    segment(start)
+                bar.update(1)
+        ranks.barrier()
+        if not ranks.main:
+            return
     bar = tqdm(total=len(image_ids), desc="masks (grounded_sam)", unit="img", disable=not progress)
     found = usable = 0
-    for start in range(0, len(image_ids), size):
-        ids, names = image_ids[start : start + size], class_names[start : start + size]
+    for start in starts:
         results = parts.load(start)
         if results is None:
-            images = load_images(ids)
-            results = [
-                result
-                for batch in range(0, len(ids), settings.sam.images_per_batch)
-                for result in _segment_batch(
-                    models,
-                    config,
-                    ids[batch : batch + settings.sam.images_per_batch],
-                    names[batch : batch + settings.sam.images_per_batch],
-                    images[batch : batch + settings.sam.images_per_batch],
-                    concepts,
-                    resolution,
-                )
-            ]
-            parts.save(start, results)
+            results = segment(start)
         for result in results:
             flags = result.flags()
             found += sum(flag == "ok" for flag in flags)
@@ -193,9 +217,9 @@ def _segment_batch(
 class PartCache:
     """Finished parts of one run (``<work_dir>/<run id>/part-<start>.npz``); other runs' parts are removed."""
 
-    def __init__(self, work_dir: Path, run_id: str) -> None:
+    def __init__(self, work_dir: Path, run_id: str, remove_stale: bool = True) -> None:
         self.directory = work_dir / run_id[:20]
-        if work_dir.is_dir():
+        if remove_stale and work_dir.is_dir():
             for stale in work_dir.iterdir():
                 if stale.is_dir() and stale != self.directory:
                     shutil.rmtree(stale)

@@ -22,14 +22,15 @@ Dropout, DropPath   identity: the two streams would draw different masks
 Max pooling, BatchNorm (whose training-mode statistics would mix the two streams) and any module
 without a rule are refused up front with :class:`UnsupportedModelError` naming the module.
 
-To make the relevance map *exactly* differentiable w.r.t. the parameters, the batch is doubled:
-the first half runs the model normally, the second half ("linearised stream") runs the linear
-maps above with coefficients taken from the first half *with their autograd history*. The
-modified gradient is then the true gradient of the linearised stream's target logit w.r.t. its
-input, and autograd differentiates it exactly, including through ``cls_token``, ``pos_embed``
-and every bias (which a rule implemented as a custom backward with constant coefficients would
-miss). Rules are applied by patching module ``forward`` methods inside a context manager and are
-restored on exit, so the model is never copied and ordinary forward passes are untouched.
+To make the relevance map *exactly* differentiable w.r.t. the parameters, the model runs two
+streams (:class:`~pipeline.relevance.streams.TwoStreams`): the ordinary forward pass, and the
+"linearised stream", which runs the linear maps above with coefficients taken from the ordinary
+one *with their autograd history*. The modified gradient is then the true gradient of the
+linearised stream's target logit w.r.t. its input, and autograd differentiates it exactly,
+including through ``cls_token``, ``pos_embed`` and every bias (which a rule implemented as a
+custom backward with constant coefficients would miss). Rules are applied by patching module
+``forward`` methods inside a context manager and are restored on exit, so the model is never
+copied and ordinary forward passes are untouched.
 
 The shared rules live in :mod:`pipeline.relevance.rules`, each family's in
 :mod:`pipeline.relevance.families` (``vit``, ``convnext``); this module walks that registry.
@@ -48,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.relevance.rules import ModelFamily, Rule, UnsupportedModelError, halves, shared_rule_map
+from pipeline.relevance.rules import ModelFamily, Rule, UnsupportedModelError, shared_rule_map
+from pipeline.relevance.streams import TwoStreams
 
 
 def families() -> tuple[ModelFamily, ...]:
@@ -101,7 +103,7 @@ def _uncovered(
 
 @contextlib.contextmanager
 def attnlrp_rules(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the context, ``model`` expects a doubled batch ``[x; x̃]`` and runs the two streams.
+    """Within the context, ``model`` takes and returns :class:`TwoStreams` (``x``, ``x̃``).
 
     Only instance-level ``forward`` attributes are set, and all are removed on exit (also on
     error), so outside the context the model computes exactly what it computed before.
@@ -190,8 +192,8 @@ def attnlrp(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, creat
     """
     linear_input = images.detach().clone().requires_grad_(True)
     with attnlrp_rules(model):
-        both = model(torch.cat([images, linear_input]))
-    logits, logits_lin = halves(both)
+        both = model(TwoStreams(images, linear_input))
+    logits, logits_lin = both.normal, both.linear
     selected = logits_lin.gather(1, targets.view(-1, 1)).sum()
     (gradient,) = torch.autograd.grad(selected, linear_input, create_graph=create_graph)
     pixels = (linear_input * gradient).sum(dim=1)

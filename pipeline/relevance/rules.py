@@ -1,9 +1,9 @@
 """Rule pieces shared by every model family, and the shape of a family (lxt's design: a family's
 rules are one small map from module type to rule, applied by one patching function).
 
-Every rule runs on the doubled batch ``[h; x̃]`` of :mod:`pipeline.relevance.attnlrp`: the first
-half is the ordinary forward pass, the second the linearised stream, whose coefficients are taken
-from the first half with their autograd history.
+Every rule takes and returns the :class:`~pipeline.relevance.streams.TwoStreams` of
+:mod:`pipeline.relevance.attnlrp`: the ordinary forward pass ``h`` and the linearised stream
+``x̃``, whose coefficients are taken from ``h`` with their autograd history.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.relevance.streams import TwoStreams
 from pipeline.utils.errors import CftError
 
 Rule = Callable[..., torch.Tensor]
@@ -42,38 +43,35 @@ class ModelFamily:
     check: Callable[[nn.Module], None]
 
 
-def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first stream, linearised stream) of a doubled batch."""
-    normal, linear = x.chunk(2, dim=0)
-    return normal, linear
-
-
-def gelu_rule(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def gelu_rule(module: nn.Module, x: TwoStreams) -> TwoStreams:
     from timm.layers.activations import GELUTanh
 
-    h, h_lin = halves(x)
+    h, h_lin = x.normal, x.linear
     if getattr(module, "approximate", "none") == "tanh" or isinstance(module, GELUTanh):
         coefficient = 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * h.pow(3))))
     else:
         coefficient = 0.5 * (1.0 + torch.erf(h / math.sqrt(2.0)))
-    return torch.cat([h * coefficient, h_lin * coefficient])
+    return TwoStreams(h * coefficient, h_lin * coefficient)
 
 
-def layer_norm_rule(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    h, h_lin = halves(x)
+def layer_norm_rule(module: nn.LayerNorm, x: TwoStreams) -> TwoStreams:
+    h, h_lin = x.normal, x.linear
     dims = tuple(range(-len(module.normalized_shape), 0))
     std = torch.sqrt(h.var(dim=dims, unbiased=False, keepdim=True) + module.eps)
     normal = (h - h.mean(dim=dims, keepdim=True)) / std
     linear = (h_lin - h_lin.mean(dim=dims, keepdim=True)) / std
-    out = torch.cat([normal, linear])
+    return TwoStreams(_affine(module, normal), _affine(module, linear))
+
+
+def _affine(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     if module.weight is not None:
-        out = out * module.weight
+        x = x * module.weight
     if module.bias is not None:
-        out = out + module.bias
-    return out
+        x = x + module.bias
+    return x
 
 
-def identity_rule(module: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+def identity_rule(module: nn.Module, x: TwoStreams, *args: Any, **kwargs: Any) -> TwoStreams:
     # Dropout would draw different masks for the two streams; the relevance pass runs without it.
     return x
 

@@ -101,11 +101,13 @@ def train_base(config: BaseConfig, manifest_path: str | Path, progress: bool = T
             images = torch.from_numpy(data.images)
             labels = torch.from_numpy(data.labels)
 
-            def forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+            def forward(
+                batch: torch.Tensor, share: slice
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
                 x = normalizer(images[batch].to(device))
                 if config.augment:
                     x = augment(x, generator)
-                y = labels[batch].to(device)
+                x, y = x[share], labels[batch][share].to(device)
                 with autocast(device):
                     logits = model(x)
                     loss = F.cross_entropy(logits.float(), y)

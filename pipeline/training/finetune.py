@@ -54,6 +54,7 @@ from pipeline.training.rrr import calibrated_weight, log_probability_input_gradi
 from pipeline.training.state import TrainingState
 from pipeline.utils.checkpoint import fingerprint, source_digest
 from pipeline.utils.device import Normalizer, autocast, resolve_device, seed_everything
+from pipeline.utils.distributed import Ranks
 from pipeline.utils.errors import CftError
 
 
@@ -160,9 +161,10 @@ def overlay_indices(labels: np.ndarray, count: int) -> np.ndarray:
 
 @dataclass
 class ObjectiveStep:
-    """One fine-tuning step's forward pass with the method's objective: batch indices -> (loss,
-    logits, labels, loss terms). Corruptions, then normalisation, then the same random crop and
-    flip for images and masks; all randomness from ``generator``."""
+    """One fine-tuning step's forward pass with the method's objective: (global batch indices, this
+    rank's share) -> (loss, logits, labels, loss terms) over the share. Corruptions, then
+    normalisation, then the same random crop and flip for images and masks; all randomness from
+    ``generator``, drawn for the whole global batch."""
 
     objective: MethodConfig
     model: torch.nn.Module
@@ -176,7 +178,9 @@ class ObjectiveStep:
     device: torch.device
     penalty_weight: float | None  # RRR's λ
 
-    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, batch: torch.Tensor, share: slice
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
         objective, model = self.objective, self.model
         raw = self.images[batch].to(self.device)
         if isinstance(objective, LabelsObjective) and objective.corruptions:
@@ -186,7 +190,8 @@ class ObjectiveStep:
         x = self.normalizer(raw)
         m = self.masks[batch][:, None].to(self.device)
         x, m = joint_augment(x, m, self.generator, self.augment.flip, self.augment.min_crop_scale)
-        y = self.labels[batch].to(self.device)
+        # drawn for the global batch above (the same draws on every rank); the model sees this rank's share
+        x, m, y = x[share], m[share], self.labels[batch][share].to(self.device)
         with autocast(self.device):
             if isinstance(objective, RelevanceObjective):
                 relevance = (rollout if objective.relevance == "rollout" else attnlrp)(model, x, y, create_graph=True)
@@ -215,10 +220,21 @@ class ObjectiveStep:
 
 
 def finetune(
-    config: FinetuneConfig, inputs: FinetuneInputs, checkpoint_dir: str | Path, progress: bool = True
+    config: FinetuneConfig,
+    inputs: FinetuneInputs,
+    checkpoint_dir: str | Path,
+    progress: bool = True,
+    ranks: Ranks | None = None,
+    device: torch.device | None = None,
 ) -> FinetuneOutcome:
+    """Fine-tune, resuming from ``checkpoint_dir`` when it holds this run's state. Under torchrun,
+    ``ranks`` and ``device`` come from :func:`pipeline.utils.distributed.session`: every rank
+    trains on its share of each batch and ends with the same model; only the main rank reports
+    progress and saves the resumable state."""
     train = config.train
-    device = resolve_device(train.device)
+    ranks = ranks or Ranks()
+    progress = progress and ranks.main
+    device = device or resolve_device(train.device)
     manifest_path = inputs.dataset / "manifest.parquet"
     manifest = read_manifest(manifest_path)
     subset, subset_info = read_subset(inputs.subset)
@@ -289,7 +305,7 @@ def finetune(
         },
         [p for p in (inputs.base_model, inputs.subset, inputs.masks, manifest_path) if p is not None],
     )
-    state = TrainingState(checkpoint_dir, run_fingerprint, model, optimizer, scheduler, generator)
+    state = TrainingState(checkpoint_dir, run_fingerprint, model, optimizer, scheduler, generator, saves=ranks.main)
     if state.restore() and progress:
         tqdm.write(f"finetune/{config.method}: resuming after epoch {state.epoch} from {checkpoint_dir}")
 
@@ -338,6 +354,7 @@ def finetune(
                 "finetune.train.lr",
                 train.lr,
                 bar,
+                ranks=ranks,
                 epoch=epoch,
             )
             lr = optimizer.param_groups[0]["lr"]

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from pipeline.data.datasets import ArraySplit
 from pipeline.utils.device import Normalizer, autocast
+from pipeline.utils.distributed import Ranks
 from pipeline.utils.errors import CftError
 
 
@@ -105,8 +106,11 @@ class EpochTotals:
     correct: int = 0
 
 
-# One training step's forward pass: batch indices -> (loss, logits, labels, loss terms to report).
-StepForward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]]
+# One training step's forward pass: (the global batch's indices, this rank's share of them) ->
+# (loss, logits, labels, loss terms to report) over the share. Everything random (augmentation,
+# corruptions) is drawn for the whole global batch, so each image gets the same draws whatever the
+# number of ranks.
+StepForward = Callable[[torch.Tensor, slice], tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]]
 
 
 def train_epoch(
@@ -119,29 +123,41 @@ def train_epoch(
     lr: float,
     bar: tqdm,
     after_step: Callable[[], None] | None = None,
+    ranks: Ranks | None = None,
     **postfix: object,
 ) -> EpochTotals:
     """One epoch of the loop base training and fine-tuning share: forward, a finite-loss guard,
     backward, optimiser step (``after_step``: a per-step scheduler), totals and progress.
 
     ``where(step)`` names the step in the error of a diverged run, ``lr_key`` and ``lr`` the setting
-    to lower and its configured value.
+    to lower and its configured value. Under several ``ranks`` each takes its share of every
+    batch, weights its loss by that share, and the gradients, losses and counts are summed over
+    ranks: every rank steps with the global batch's mean gradient and reports the global totals.
     """
+    ranks = ranks or Ranks()
     model.train()
     totals = EpochTotals()
     for step, batch in enumerate(batches, start=1):
-        loss, logits, labels, terms = forward(batch)
-        value = loss.item()
+        share = ranks.share(len(batch))
+        size = share.stop - share.start
+        # a rank without images this step runs one with weight 0, so that all report the same terms
+        loss, logits, labels, terms = forward(batch, share if size else slice(0, 1))
+        weight = size / len(batch)
+        names = sorted(terms)
+        correct = int((logits.argmax(1) == labels).sum()) if size else 0
+        summed = ranks.sum([loss.item() * weight, *(terms[name] * weight for name in names), correct])
+        value = summed[0]
         ensure_finite(value, where(step), lr_key, lr)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight).backward()
+        ranks.sum_gradients(model)
         optimizer.step()
         if after_step is not None:
             after_step()
         totals.losses.append(value)
-        for key, term in {"loss": value, **terms}.items():
+        for key, term in {"loss": value, **dict(zip(names, summed[1:-1], strict=True))}.items():
             totals.sums[key] = totals.sums.get(key, 0.0) + term * len(batch)
-        totals.correct += int((logits.argmax(1) == labels).sum())
+        totals.correct += round(summed[-1])
         bar.update(1)
         bar.set_postfix(**postfix, loss=f"{value:.4f}")
     return totals

@@ -27,6 +27,7 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     scheduler: Any  # a torch.optim.lr_scheduler scheduler
     generator: torch.Generator
+    saves: bool = True  # False on every rank but the main one of a distributed run: one writer
     curves: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "score": -math.inf, "weights": None})
     epoch: int = 0  # the last finished epoch
@@ -51,6 +52,8 @@ class TrainingState:
         if score >= self.best["score"]:
             weights = copy.deepcopy({name: tensor.cpu() for name, tensor in self.model.state_dict().items()})
             self.best = {"epoch": self.epoch, "score": score, "weights": weights}
+        if not self.saves:
+            return
         save_state(
             self.directory,
             {

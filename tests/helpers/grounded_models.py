@@ -113,3 +113,34 @@ def save_tiny_grounded_sam(directory: Path) -> dict[str, Path]:
         "grounding": directory / "dino.pth",
         "sam": directory / "sam_vit_b.pth",
     }
+
+
+def tiny_grounded_sam_params(directory: Path, images_per_part: int) -> dict:
+    """params.yaml's ``masks`` section for the tiny models saved in ``directory`` by
+    :func:`save_tiny_grounded_sam` (SAM's file under the vit_b preset: swap in TINY_SAM to run it)."""
+    from pipeline.models.weights import file_sha256
+
+    return {
+        "masks": {
+            "backend": "grounded_sam",
+            "resolution": 16,
+            "grounded_sam": {
+                "grounding": {
+                    "config": str(directory / "tiny_dino.py"),
+                    "checkpoint": str(directory / "dino.pth"),
+                    "text_encoder": str(directory / "bert"),
+                    "image_size": 64,
+                    "max_size": 96,
+                    "box_threshold": 0.6,
+                    "text_threshold": 0.5,
+                },
+                "sam": {
+                    "model_type": "vit_b",
+                    "checkpoint": str(directory / "sam_vit_b.pth"),
+                    "sha256": file_sha256(directory / "sam_vit_b.pth"),
+                },
+                "device": "cpu",
+                "images_per_part": images_per_part,
+            },
+        }
+    }

@@ -1,11 +1,10 @@
-"""AttnLRP for timm ConvNeXt (V1 and V2), on the doubled batch of :mod:`pipeline.relevance.attnlrp`.
+"""AttnLRP for timm ConvNeXt (V1 and V2), on the two streams of :mod:`pipeline.relevance.attnlrp`.
 
 ConvNeXt needs only two rules beyond the ViT ones: LayerNorm over the *channel* dimension of an
 NCHW tensor (``LayerNorm2d``), and ConvNeXt-V2's GlobalResponseNorm. Everything else in these
 models is affine (convolutions, depthwise convolutions, 1×1 convolutions or Linear layers in the
 MLP, layer-scale ``gamma``, average pooling, residual adds) or a GELU, which the shared rules
 cover (:mod:`pipeline.relevance.rules`).
-Nothing here mixes samples of the batch, which the doubled batch relies on.
 """
 
 from __future__ import annotations
@@ -13,15 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.relevance.rules import ModelFamily, Rule, UnsupportedModelError, halves, layer_norm_rule
+from pipeline.relevance.rules import ModelFamily, Rule, UnsupportedModelError, layer_norm_rule
+from pipeline.relevance.streams import TwoStreams
 
 
-def layer_norm_2d_rule(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+def layer_norm_2d_rule(module: nn.LayerNorm, x: TwoStreams) -> TwoStreams:
     """timm ``LayerNorm2d``: the shared LayerNorm rule (std held constant) over channels of NCHW."""
     return layer_norm_rule(module, x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-def global_response_norm_rule(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def global_response_norm_rule(module: nn.Module, x: TwoStreams) -> TwoStreams:
     """GRN ``x + γ·(x·Nx) + β`` with ``Nx`` held constant: ``x̃ ↦ x̃ + γ·x̃·Nx + β``.
 
     ``Nx = Gx / (mean_c Gx + eps)`` with ``Gx = ‖x‖₂`` over the spatial dims is homogeneous of
@@ -31,13 +31,11 @@ def global_response_norm_rule(module: nn.Module, x: torch.Tensor) -> torch.Tenso
     The module's own ``spatial_dim``/``channel_dim``/``wb_shape`` give the layout (timm uses
     channels-last GRN in Linear MLPs and channels-first GRN in 1×1-conv MLPs).
     """
-    h, _ = halves(x)
-    norm = h.norm(p=2, dim=module.spatial_dim, keepdim=True)
+    norm = x.normal.norm(p=2, dim=module.spatial_dim, keepdim=True)
     gain = norm / (norm.mean(dim=module.channel_dim, keepdim=True) + module.eps)
+    bias, weight = module.bias.view(module.wb_shape), module.weight.view(module.wb_shape)
     # Same expression as timm's forward, so the first stream reproduces the model's output exactly.
-    return x + torch.addcmul(
-        module.bias.view(module.wb_shape), module.weight.view(module.wb_shape), x * torch.cat([gain, gain])
-    )
+    return TwoStreams(*(s + torch.addcmul(bias, weight, s * gain) for s in (x.normal, x.linear)))
 
 
 def model_types() -> tuple[type[nn.Module], ...]:

@@ -12,28 +12,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.relevance.rules import ModelFamily, Rule, UnsupportedModelError, halves
+from pipeline.relevance.rules import ModelFamily, Rule, UnsupportedModelError
+from pipeline.relevance.streams import TwoStreams
 
 
 def attention_rule(
-    module: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False, **_: Any
-) -> torch.Tensor:
+    module: nn.Module, x: TwoStreams, attn_mask: torch.Tensor | None = None, is_causal: bool = False, **_: Any
+) -> TwoStreams:
     if attn_mask is not None or is_causal:
         raise UnsupportedModelError("AttnLRP here does not support attention masks or causal attention")
     if getattr(module, "gate", None) is not None:
         raise UnsupportedModelError("AttnLRP here does not support gated attention")
-    batch2, tokens, _ = x.shape
-    qkv = module.qkv(x).reshape(batch2, tokens, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
+    batch, tokens, _ = x.shape
+    qkv = module.qkv(x).reshape(batch, tokens, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = module.q_norm(q), module.k_norm(k)
-    (q, q_lin), (k, k_lin), (v, v_lin) = halves(q * module.scale), halves(k), halves(v)
+    q, q_lin, k, k_lin = q.normal * module.scale, q.linear * module.scale, k.normal, k.linear
+    v, v_lin = v.normal, v.linear
     scores = q @ k.transpose(-2, -1)
     scores_lin = 0.5 * (q_lin @ k.transpose(-2, -1) + q @ k_lin.transpose(-2, -1))
     attention = scores.softmax(dim=-1)
     attention_lin = attention * (scores_lin - (attention * scores_lin).sum(dim=-1, keepdim=True))
     out = attention @ v
     out_lin = 0.5 * (attention_lin @ v + attention @ v_lin)
-    merged = torch.cat([out, out_lin]).transpose(1, 2).reshape(batch2, tokens, module.num_heads * module.head_dim)
+    merged = TwoStreams(out, out_lin).transpose(1, 2).reshape(batch, tokens, module.num_heads * module.head_dim)
     return module.proj(getattr(module, "norm", nn.Identity())(merged))
 
 
