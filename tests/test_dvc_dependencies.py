@@ -83,8 +83,9 @@ def covered(file: Path, deps: list[str]) -> bool:
 
 def command_module(definition: dict) -> str:
     body = definition.get("do", definition)
-    match = re.match(r"\s*cft\s+(\w+)", body["cmd"])
-    assert match, f"stage command does not start with `cft <stage>`: {body['cmd']}"
+    # a stage's launcher param (docs/scaling.md: torchrun ...) may come first
+    match = re.match(r"\s*(?:\$\{launch\.\w+\}\s+)?cft\s+(\w+)", body["cmd"])
+    assert match, f"stage command does not start with `cft <stage>` (after its launcher): {body['cmd']}"
     return f"stages.{match.group(1)}"
 
 
