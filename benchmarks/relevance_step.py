@@ -28,34 +28,27 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.config import load_section  # noqa: E402
+from pipeline.config.base import BaseConfig  # noqa: E402
 from pipeline.config.finetune import RelevanceObjective  # noqa: E402
+from pipeline.data.world.classes import CLASSES  # noqa: E402
+from pipeline.models.factory import create_model  # noqa: E402
 from pipeline.relevance.attnlrp import attnlrp  # noqa: E402
 from pipeline.relevance.rollout import rollout  # noqa: E402
 from pipeline.training.objective import relevance_loss  # noqa: E402
 from pipeline.utils.device import autocast, resolve_device  # noqa: E402
 
-# name: (timm kwargs, image size, default batch sizes)
-MODELS: dict[str, tuple[dict, int, tuple[int, ...]]] = {
-    "world": (
-        {
-            "model_name": "vit_tiny_patch16_224",
-            "img_size": 32,
-            "patch_size": 4,
-            "embed_dim": 96,
-            "depth": 4,
-            "num_heads": 3,
-            "num_classes": 10,
-        },
-        32,
-        (8, 64),
-    ),
-    "vit_base_patch16_224": ({"model_name": "vit_base_patch16_224", "num_classes": 1000}, 224, (8,)),
+REPO = Path(__file__).resolve().parents[1]
+# name: (base-model config, classes, image size, default batch sizes); the world's ViT is the one
+# params.yaml's `base` section builds, through the same builder as `cft base`
+MODELS: dict[str, tuple[BaseConfig, int, int, tuple[int, ...]]] = {
+    "world": (load_section(REPO / "params.yaml", "base", BaseConfig), len(CLASSES), 32, (8, 64)),
+    "vit_base_patch16_224": (BaseConfig(model="vit_base_patch16_224"), 1000, 224, (8,)),
 }
 STEPS = ("plain", "rollout", "attnlrp")
 
@@ -77,11 +70,11 @@ def timed(step: Callable[[], None], repeats: int, device: torch.device) -> float
 
 def training_steps(name: str, batch: int, device: torch.device) -> dict[str, Callable[[], None]]:
     """One closure per step kind, sharing the model, optimiser and a random batch."""
-    kwargs, size, _ = MODELS[name]
-    model = timm.create_model(pretrained=False, **kwargs).to(device).train()
+    config, classes, size, _ = MODELS[name]
+    model = create_model(config, classes, image_size=size).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     images = torch.randn(batch, 3, size, size, device=device)
-    labels = torch.randint(0, kwargs["num_classes"], (batch,), device=device)
+    labels = torch.randint(0, classes, (batch,), device=device)
     masks = (torch.rand(batch, size, size, device=device) > 0.5).float()
 
     def plain() -> None:
@@ -147,7 +140,7 @@ def main() -> None:
     )
     rows = []
     for name in args.models:
-        for batch in args.batches or MODELS[name][2]:
+        for batch in args.batches or MODELS[name][3]:
             torch.manual_seed(0)
             closures = training_steps(name, batch, device)
             seconds = {step: timed(closures[step], args.repeats, device) for step in steps}

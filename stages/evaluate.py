@@ -49,22 +49,17 @@ def evaluate(
             raise ValueError(f"{params}: {unknown} not in evaluate.models {config.models}")
         out = out or Path("results/evaluate") / benchmark
         work = (work or Path("checkpoints/evaluate") / benchmark) / "+".join(models)
-        summary = _evaluate(benchmark, config, {model: models_dir / model for model in models}, data, subset, out, work)
+        from pipeline.utils.distributed import session
+
+        model_dirs = {model: models_dir / model for model in models}
+        with session(config.device) as (ranks, device):
+            summary = _evaluate(benchmark, config, model_dirs, data, subset, out, work, ranks, device)
     for model, row in summary.items():  # empty on every rank but the main one under torchrun
         shown = ", ".join(f"{key} {value:.3f}" for key, value in row.items() if isinstance(value, float))
         typer.echo(f"{benchmark} / {model}: {shown}")
 
 
 def _evaluate(
-    name: str, config: EvaluateConfig, model_dirs: dict[str, Path], data: Path, subset: Path, out: Path, work: Path
-) -> dict[str, Any]:
-    from pipeline.utils.distributed import session
-
-    with session(config.device) as (ranks, device):
-        return _evaluate_on(name, config, model_dirs, data, subset, out, work, ranks, device)
-
-
-def _evaluate_on(
     name: str,
     config: EvaluateConfig,
     model_dirs: dict[str, Path],

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.config import load_section
+from pipeline.config.base import BaseConfig
+from pipeline.config.data import WorldConfig
+from pipeline.data.world.classes import CLASSES
+from pipeline.models.factory import create_model
 from pipeline.relevance.attnlrp import attnlrp
 from pipeline.relevance.streams import TwoStreams
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pair() -> TwoStreams:
@@ -47,17 +55,10 @@ def test_in_place_operators_change_both_streams() -> None:
 
 
 def world_vit() -> torch.nn.Module:
+    """The world's ViT as `cft base` builds it from the repository's params.yaml, random weights."""
     torch.manual_seed(0)
-    return timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=4,
-        embed_dim=96,
-        depth=4,
-        num_heads=3,
-        num_classes=10,
-    ).train()
+    config = load_section(REPO / "params.yaml", "base", BaseConfig)
+    return create_model(config, len(CLASSES), image_size=WorldConfig().image_size).train()
 
 
 def step_flops(step: object) -> int:
@@ -73,7 +74,9 @@ def test_exact_cft_step_costs_at_most_three_plain_steps_in_multiply_adds(batch: 
     it was 5.0×: every backward product of a layer ran over both streams."""
     model = world_vit()
     generator = torch.Generator().manual_seed(1)
-    x, y = torch.randn(batch, 3, 32, 32, generator=generator), torch.randint(0, 10, (batch,), generator=generator)
+    size = WorldConfig().image_size
+    x = torch.randn(batch, 3, size, size, generator=generator)
+    y = torch.randint(0, len(CLASSES), (batch,), generator=generator)
 
     def plain() -> None:
         F.cross_entropy(model(x), y).backward()

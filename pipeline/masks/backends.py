@@ -50,6 +50,8 @@ def build_mask_store(
     Under several ``ranks`` (torchrun), every rank segments its share of the grounded_sam parts and
     the main rank writes the store; the others return None without touching ``out_dir``."""
     ranks = ranks or Ranks()
+    if config.backend == "annotated" and not ranks.main:
+        return None  # read from the dataset in one pass: nothing to share
     subset, _ = read_subset(subset_dir / SUBSET_NAME)
     manifest = read_manifest(dataset_dir / "manifest.parquet")
     image_ids = subset_ids(subset, "finetune")
@@ -60,8 +62,6 @@ def build_mask_store(
     def load_images(ids: list[str]) -> list[np.ndarray]:
         return load_image_list(dataset_dir, rows_by_id(manifest, ids))
 
-    if config.backend == "annotated" and not ranks.main:
-        return None  # read from the dataset in one pass: nothing to share
     if config.backend == "annotated":
         from pipeline.masks.annotated import annotated_masks
 
