@@ -4,6 +4,7 @@ bytes)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -221,3 +222,19 @@ def test_sharded_grounded_sam_masks_write_the_bytes_of_one_process(project: Path
     parts = {name for name in one if "/part-" in name}
     assert len(parts) == 4 and {name for name in two if "/part-" in name} == parts
     assert one == two  # the store, its QC table, the metrics, the contact sheet and every part
+
+
+def test_ddp_measurement_behind_the_all_reduce_choice(tmp_path: Path) -> None:
+    """What pipeline/utils/distributed.py says of DistributedDataParallel on the CFT objective holds
+    for the installed torch (benchmarks/ddp_gradients.py, batch 2 over 2 gloo processes): its default
+    gives the gradient of one process, as our all-reduce does, also with the competitor pass; with
+    ``static_graph`` the gradient is silently wrong; ``find_unused_parameters`` raises."""
+    rows_file = tmp_path / "ddp.json"
+    run(torchrun(2)[:-1] + ["benchmarks/ddp_gradients.py", "--batch", "2", "--repeats", "1", "--json", str(rows_file)])
+    rows = {(row["objective"], row["way"]): row for row in json.loads(rows_file.read_text())}
+    assert {objective for objective, _ in rows} == {"paper objective", "with competitors"}
+    for objective in ("paper objective", "with competitors"):
+        assert rows[objective, "all-reduce"]["gradient_gap"] < 1e-5
+        assert rows[objective, "ddp"]["gradient_gap"] < 1e-5
+        assert rows[objective, "ddp static_graph"]["gradient_gap"] > 0.1
+        assert "ready only once" in rows[objective, "ddp find_unused"]["error"]

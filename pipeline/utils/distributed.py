@@ -10,12 +10,15 @@ Fine-tuning is data-parallel by hand: every rank draws the same global batch (sa
 keeps its contiguous share, weights its loss by its share of the batch, and the gradients are
 summed across ranks after the backward pass (:meth:`Ranks.sum_gradients`), so every rank holds
 the global batch's mean gradient and steps its optimiser to the same weights. Not
-DistributedDataParallel: its reducer hooks into gradient accumulation during one backward pass,
-while the CFT objective differentiates a gradient (AttnLRP's relevance is itself a gradient,
-taken with ``create_graph``), the case of pytorch/pytorch#47562 (DDP's reduced gradients wrong
-with a gradient penalty in the loss). Summing once after the backward pass is right for every
-objective, at the price of not overlapping communication with the backward pass (one all-reduce
-of all gradients per step).
+DistributedDataParallel, chosen by measurement (``benchmarks/ddp_gradients.py``, checked by
+``tests/test_distributed.py``): the CFT objective differentiates a gradient (AttnLRP's relevance is
+taken with ``create_graph``), and of DDP's settings only the default gives the right gradient there
+(as the sum after backward does, also with the competitor term's second pass); ``static_graph``
+gives a silently wrong one and ``find_unused_parameters`` raises (pytorch/pytorch#47562 and #63929
+list more such cases). DDP's gain would be overlapping the all-reduce with the backward pass, at
+most the all-reduce's own time, a small part of a CFT step (measured in docs/scaling.md). Summing
+once after the backward pass is right for every objective, needs no wrapper around the patched
+model, and leaves nothing to misconfigure.
 """
 
 from __future__ import annotations
