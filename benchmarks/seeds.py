@@ -13,7 +13,8 @@ What a user would type, step by step:
 
 or all three: ``python benchmarks/seeds.py sweep --seeds 0 1 2 --methods cft plain fgbg``. ``--name``
 prefixes the experiment names (``<name>-seed0``), so sweeps with other overrides on the same
-commit stay apart; ``table`` reads the experiments of the current commit. Other settings:
+commit stay apart; ``table`` reads the experiments of the current commit, or of ``--rev <commit>``
+(``sweep`` reads those of the commit it queued on, even if a commit is made while it runs). Other settings:
 ``-S evaluate.shortcut_tests={}`` etc., exactly as ``dvc exp run -S`` takes them.
 """
 
@@ -156,7 +157,10 @@ def experiments(names: list[str], shown: Any) -> dict[str, dict[str, Any]]:
     }
     missing = [name for name in names if name not in found]
     if missing:
-        raise SystemExit(f"no finished experiment named {missing} on this commit (dvc exp show; dvc queue status)")
+        raise SystemExit(
+            f"no finished experiment named {missing} derived from this commit (dvc exp show; dvc queue status; "
+            "--rev <commit> for experiments queued on an earlier commit)"
+        )
     return found
 
 
@@ -270,16 +274,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], help="as dvc exp run -S")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="experiments run at once")
     parser.add_argument(
+        "--rev",
+        default=None,
+        help="commit the experiments were queued on (default: HEAD; `sweep` uses the commit it queued on)",
+    )
+    parser.add_argument(
         "--against", nargs="*", default=["plain", "fgbg"], help="reference models of the paired differences"
     )
     args = parser.parse_args(argv)
+    # the experiments' baseline, fixed before queueing: a commit made while a sweep runs must not hide them
+    rev = (
+        args.rev
+        or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    )
     if args.action in ("queue", "sweep"):
         queue(args.seeds, args.name, args.methods, args.overrides)
     if args.action in ("run", "sweep"):
         run_queue(args.jobs)
     if args.action in ("table", "sweep"):
         names = [experiment_name(args.name, seed) for seed in args.seeds]
-        found = experiments(names, json.loads(dvc("exp", "show", "--json", capture=True)))
+        found = experiments(names, json.loads(dvc("exp", "show", "--json", "--rev", rev, capture=True)))
         print_tables(args.seeds, [seed_results(found[name]) for name in names], args.against)
 
 

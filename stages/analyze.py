@@ -20,7 +20,10 @@ def analyze(
     tables: Path = typer.Option(Path("plots/analyze"), help="layers.csv, heads.csv, summary.json"),
     figure: Path = typer.Option(Path("plots/analyze/layers.png"), help="one panel per measurement, by layer"),
 ) -> None:
-    """Per layer: attention entropy and distance, object attention, logit lens, sparsity, CKA with the base model."""
+    """Per layer: attention entropy and distance, object attention, logit lens, sparsity, CKA with the base model.
+
+    Under torchrun (``torchrun --nproc-per-node=N --no-python cft analyze ...``) the (model, input)
+    passes are shared between the ranks and rank 0 writes."""
     started = time.perf_counter()
     with user_errors():
         config = load_analyze(params)
@@ -29,29 +32,34 @@ def analyze(
         from pipeline.analysis.probe_set import probe_set
         from pipeline.data.preprocess import InputTransform
         from pipeline.models.factory import load_model_artifact
-        from pipeline.utils.device import Normalizer, resolve_device, seed_everything
+        from pipeline.utils.device import Normalizer, seed_everything
+        from pipeline.utils.distributed import session
 
         assert config.models is not None  # filled in by load_analyze
         seed_everything(config.seed)
-        device = resolve_device(config.device)
-        models, transforms = {}, set()
-        for name in config.models:
-            model, spec = load_model_artifact(models_dir / name)
-            normalizer = Normalizer(spec["preprocessing"]["mean"], spec["preprocessing"]["std"]).to(device)
-            models[name] = (model.to(device).eval(), normalizer)
-            transforms.add(InputTransform.from_preprocessing(spec["preprocessing"]))
-        if len(transforms) > 1:
-            raise ValueError(f"the models {config.models} resize or crop differently; analyse them separately")
-        probes = probe_set(
-            data / "manifest.parquet",
-            config.split,
-            config.images,
-            transforms.pop(),
-            config.applied_corruptions(),
-            config.severity,
-            config.seed,
-        )
-        result = run_analysis(models, probes, config.batch_size, device, config.sae.model_dump(), config.seed)
+        with session(config.device) as (ranks, device):
+            models, transforms = {}, set()
+            for name in config.models:
+                model, spec = load_model_artifact(models_dir / name)
+                normalizer = Normalizer(spec["preprocessing"]["mean"], spec["preprocessing"]["std"]).to(device)
+                models[name] = (model.to(device).eval(), normalizer)
+                transforms.add(InputTransform.from_preprocessing(spec["preprocessing"]))
+            if len(transforms) > 1:
+                raise ValueError(f"the models {config.models} resize or crop differently; analyse them separately")
+            probes = probe_set(
+                data / "manifest.parquet",
+                config.split,
+                config.images,
+                transforms.pop(),
+                config.applied_corruptions(),
+                config.severity,
+                config.seed,
+            )
+            result = run_analysis(
+                models, probes, config.batch_size, device, config.sae.model_dump(), config.seed, ranks
+            )
+        if result is None:  # not the main rank: rank 0 writes
+            return
         write_analysis(result, metrics, tables, figure)
     for name, row in result.models.items():
         typer.echo(f"analyze/{name}: " + ", ".join(f"{key} {value:.3f}" for key, value in row.items()))

@@ -238,3 +238,29 @@ def test_ddp_measurement_behind_the_all_reduce_choice(tmp_path: Path) -> None:
         assert rows[objective, "ddp"]["gradient_gap"] < 1e-5
         assert rows[objective, "ddp static_graph"]["gradient_gap"] > 0.1
         assert "ready only once" in rows[objective, "ddp find_unused"]["error"]
+
+
+def test_sharded_analyze_writes_the_bytes_of_one_process(project: Path, tmp_path: Path) -> None:
+    # two models × (clean, corrupted) = four passes, two per rank; the second model is the base
+    # model's artifact under another name (the sharing does not care what the weights are)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "base").symlink_to(project / "base")
+    (models / "cft").symlink_to(project / "base")
+    analyze = {"models": ["base", "cft"], "images": 12, "batch_size": 5, "device": "cpu"}
+    analyze["sae"] = {"steps": 20, "batch_size": 64, "max_tokens": 256}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"finetune": {"methods": ["cft"]}, "analyze": analyze}))
+
+    def arguments(name: str) -> list[str]:
+        out = tmp_path / name
+        return [
+            "analyze", "--params", str(params), "--models", str(models), "--data", str(project / "data"),
+            "--metrics", str(out / "analyze.json"), "--tables", str(out / "tables"), "--figure", str(out / "layers.png"),
+        ]  # fmt: skip
+
+    run_ranks(1, invoke, arguments("one"))
+    run_ranks(2, invoke, arguments("two"))
+    one, two = tree_bytes(tmp_path / "one"), tree_bytes(tmp_path / "two")
+    assert {"analyze.json", "layers.png", "tables/layers.csv", "tables/heads.csv"} <= set(one)
+    assert one == two

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -72,6 +73,14 @@ def test_a_sweep_queues_one_experiment_per_seed_and_tables_them_from_dvc_exp_sho
         [sys.executable, "benchmarks/seeds.py", "table", "--seeds", "3", "4", "--against", "base", "plain"], project
     )
     assert again.splitlines()[-5:] == output.splitlines()[-5:]
+    # a commit made after queueing: the experiments stay those of the commit they were queued on
+    queued_on = run(["git", "rev-parse", "HEAD"], project, stdout_only=True).strip()
+    git = ["git", "-c", "user.name=cft tests", "-c", "user.email=tests@cft.invalid"]
+    run([*git, "commit", "-q", "--allow-empty", "-m", "a later commit"], project)
+    later = [sys.executable, "benchmarks/seeds.py", "table", "--seeds", "3", "4", "--against", "base", "plain"]
+    refused = subprocess.run(later, cwd=project, capture_output=True, text=True)
+    assert refused.returncode != 0 and "--rev <commit>" in refused.stderr
+    assert run([*later, "--rev", queued_on], project).splitlines()[-5:] == output.splitlines()[-5:]
     with pytest.raises(SystemExit, match=r"no finished experiment named \['seed5'\]"):
         seeds.experiments(["seed3", "seed5"], shown)
 

@@ -34,6 +34,7 @@ from pipeline.analysis.sae import TopKSAEConfig, feature_overlap, train_sae
 from pipeline.analysis.similarity import linear_cka
 from pipeline.analysis.sparsity import active_share, hoyer_sparsity
 from pipeline.utils.device import autocast
+from pipeline.utils.distributed import Ranks
 
 INPUTS = ("clean", "corrupted")
 
@@ -142,8 +143,15 @@ def analyze(
     device: torch.device,
     sae: dict[str, Any],
     seed: int,
-) -> Analysis:
-    """Every model (the first is the reference, the base model) on the clean and corrupted probes."""
+    ranks: Ranks | None = None,
+) -> Analysis | None:
+    """Every model (the first is the reference, the base model) on the clean and corrupted probes.
+
+    Under torchrun (``ranks`` from :func:`pipeline.utils.distributed.session`) the passes (model ×
+    input) are shared: rank r reads passes r, r + N, ...; the main rank gathers every readout,
+    trains the SAE, compares and returns the analysis (the one a single process computes: each
+    pass's readout does not depend on who reads it); the other ranks return None."""
+    ranks = ranks or Ranks()
     names = list(models)
     first = ModelProbe(models[names[0]][0])
     depth = len(first.layers)
@@ -153,29 +161,30 @@ def analyze(
         result.notes.append(f"{first.kind} has no attention: the attention statistics are skipped")
     if probes.masks is None:
         result.notes.append("the probe images have no object masks: object_attention is skipped")
+    for name in names[1:]:
+        layers = len(ModelProbe(models[name][0]).layers)
+        if layers != depth:
+            raise ValueError(f"model {name!r} has {layers} layers, the base model {depth}")
+    positions, tokens_per_image = _token_sample(
+        models[names[0]][0], models[names[0]][1], probes.clean, device, sae_layer, sae["max_tokens"], seed
+    )
+    passes = [(name, kind) for name in names for kind in INPUTS][ranks.rank :: ranks.world]
+    mine: dict[tuple[str, str], ModelReadout] = {}
+    for name, kind in tqdm(passes, desc="analyze", unit="pass", disable=not ranks.main):
+        model, normalize = models[name]
+        images = probes.clean if kind == "clean" else probes.corrupted
+        mine[name, kind] = read_model(
+            model, normalize, images, probes.labels, probes.masks, batch_size, device, sae_layer, positions
+        )
+    gathered = ranks.gather(mine)
+    if gathered is None:
+        return None
     readouts: dict[tuple[str, str], ModelReadout] = {}
-    positions: Tensor | None = None
-    tokens_per_image = 0
-    with tqdm(total=len(names) * len(INPUTS), desc="analyze", unit="pass") as bar:
-        for name in names:
-            model, normalize = models[name]
-            probe = ModelProbe(model)
-            if len(probe.layers) != depth:
-                raise ValueError(f"model {name!r} has {len(probe.layers)} layers, the base model {depth}")
-            for kind in INPUTS:
-                images = probes.clean if kind == "clean" else probes.corrupted
-                if positions is None:
-                    positions, tokens_per_image = _token_sample(
-                        model, normalize, images, device, sae_layer, sae["max_tokens"], seed
-                    )
-                readouts[name, kind] = read_model(
-                    model, normalize, images, probes.labels, probes.masks, batch_size, device, sae_layer, positions
-                )
-                bar.update(1)
+    for part in gathered:
+        readouts.update(part)  # type: ignore[call-overload]
     base = names[0]
     # the SAE learns from the first half of the probe images and is tested on the other half, the
     # base model's included, so its error on the base model is out of sample like everyone else's
-    assert positions is not None
     held_out = positions // tokens_per_image >= len(probes.clean) // 2
     train_tokens = readouts[base, "clean"].sae_tokens[~held_out]
     features = sae["expansion"] * train_tokens.shape[1]

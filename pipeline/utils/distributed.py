@@ -71,6 +71,15 @@ class Ranks:
         for parameter, summed in zip(parameters, torch._utils._unflatten_dense_tensors(flat, gradients), strict=True):
             parameter.grad = summed
 
+    def gather(self, value: object) -> list[object] | None:
+        """Every rank's ``value`` in rank order on the main rank (None elsewhere); values are
+        pickled, so tensors in them should be on the CPU."""
+        if self.world == 1:
+            return [value]
+        gathered: list[object] | None = [None] * self.world if self.main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
