@@ -25,9 +25,7 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +34,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from relevance_step import timed  # noqa: E402  (beside this script)
 
 from pipeline.config import load_section  # noqa: E402
 from pipeline.config.base import BaseConfig  # noqa: E402
@@ -102,21 +102,6 @@ def relative_gap(found: list[torch.Tensor], reference: list[torch.Tensor]) -> fl
     return max((f - r).abs().max().item() for f, r in zip(found, reference, strict=True)) / scale
 
 
-def median_seconds(step: Callable[[], None], repeats: int, device: torch.device) -> float:
-    step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dist.barrier()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8, help="global batch, split over the ranks")
@@ -166,13 +151,13 @@ def main() -> None:
 
             all_reduce_step()
             gap = relative_gap(gradients(model), reference)
-            report(name, "all-reduce", gap, median_seconds(all_reduce_step, args.repeats, device))
+            report(name, "all-reduce", gap, timed(all_reduce_step, args.repeats, device, dist.barrier))
             # the communication alone: the most that overlapping it with the backward pass (DDP's buckets) could save
             report(
                 name,
                 "(its all-reduce)",
                 float("nan"),
-                median_seconds(lambda: ranks.sum_gradients(model), args.repeats, device),
+                timed(lambda: ranks.sum_gradients(model), args.repeats, device, dist.barrier),
             )
             for way in args.ways:
                 options = DDP_OPTIONS[way]
@@ -196,7 +181,7 @@ def main() -> None:
                     report(name, way, float("nan"), float("nan"), f"RuntimeError: {str(error).splitlines()[0][:90]}")
                     continue
                 gap = relative_gap(gradients(wrapper.module), reference)
-                report(name, way, gap, median_seconds(ddp_step, args.repeats, device))
+                report(name, way, gap, timed(ddp_step, args.repeats, device, dist.barrier))
         if failed:
             # a wrapper whose backward raised keeps its reducer waiting for buckets that never come,
             # and tearing it or the process group down then blocks: leave without either

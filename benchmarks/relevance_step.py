@@ -53,13 +53,18 @@ MODELS: dict[str, tuple[BaseConfig, int, int, tuple[int, ...]]] = {
 STEPS = ("plain", "rollout", "attnlrp")
 
 
-def timed(step: Callable[[], None], repeats: int, device: torch.device) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
+def timed(
+    step: Callable[[], None], repeats: int, device: torch.device, before: Callable[[], None] | None = None
+) -> float:
+    """Median seconds of ``repeats`` calls after one warm-up call; ``before`` runs untimed before
+    each call (e.g. a barrier, so that ranks start a step together)."""
     step()
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
+        if before is not None:
+            before()
         start = time.perf_counter()
         step()
         if device.type == "cuda":
